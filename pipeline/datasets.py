@@ -1,0 +1,128 @@
+"""Dataset registry and manifests.
+
+A manifest is a DataFrame with one row per image: `item` (stable int id), `path` (relative to the
+dataset root), `label`, `classname`, `split`. Rows follow the split file: train, then val, then test.
+"""
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from pipeline import shapes
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ["item", "path", "label", "classname", "split"]
+
+
+@dataclass(frozen=True)
+class CoOpDataset:
+    split_file: str
+    image_dir: str
+    template: str
+
+
+# CoOp's split files and the literature's single prompt template (METHODS.md §2.3).
+COOP = {
+    "eurosat": CoOpDataset("split_zhou_EuroSAT.json", "2750", "a centered satellite photo of {}."),
+    "caltech101": CoOpDataset("split_zhou_Caltech101.json", "101_ObjectCategories", "a photo of a {}."),
+    "dtd": CoOpDataset("split_zhou_DescribableTextures.json", "images", "{} texture."),
+    "oxford_pets": CoOpDataset("split_zhou_OxfordPets.json", "images", "a photo of a {}, a type of pet."),
+    "oxford_flowers": CoOpDataset("split_zhou_OxfordFlowers.json", "jpg", "a photo of a {}, a type of flower."),
+    "stanford_cars": CoOpDataset("split_zhou_StanfordCars.json", "", "a photo of a {}."),
+    "food101": CoOpDataset("split_zhou_Food101.json", "images", "a photo of {}, a type of food."),
+    "sun397": CoOpDataset("split_zhou_SUN397.json", "SUN397", "a photo of a {}."),
+    "ucf101": CoOpDataset("split_zhou_UCF101.json", "UCF-101-midframes", "a photo of a person doing {}."),
+}
+KINDS = ("coop", "shapes")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk does not match its split file."""
+
+
+def manifest_digest(manifest: pd.DataFrame) -> str:
+    """sha256 of the manifest's canonical CSV: identifies the exact images, labels and splits."""
+    return hashlib.sha256(manifest[COLUMNS].to_csv(index=False).encode()).hexdigest()
+
+
+def coop_manifest(name: str, root: Path) -> pd.DataFrame:
+    """Manifest of a CoOp-style dataset from `<root>/<split file>`, image paths relative to `root`."""
+    if name not in COOP:
+        raise DatasetError(f"unknown CoOp dataset '{name}'; known: {sorted(COOP)}")
+    info = COOP[name]
+    split_path = Path(root) / info.split_file
+    if not split_path.is_file():
+        raise DatasetError(f"split file {split_path} not found (data root '{root}' for dataset '{name}')")
+    splits = json.loads(split_path.read_text())
+    rows = []
+    for split in SPLITS:
+        if split not in splits:
+            raise DatasetError(f"{split_path}: no '{split}' list (expected keys {SPLITS})")
+        for entry in splits[split]:
+            rel, label, classname = entry
+            path = f"{info.image_dir}/{rel}" if info.image_dir else rel
+            rows.append((path, int(label), classname.replace("_", " "), split))
+    manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
+    manifest.insert(0, "item", range(len(manifest)))
+    check_labels(manifest, str(split_path))
+    return manifest
+
+
+def check_labels(manifest: pd.DataFrame, source: str) -> None:
+    """Labels must be 0..C-1, one class name each, and every class must have train images."""
+    names = manifest.groupby("label")["classname"].unique()
+    clashes = {int(k): list(v) for k, v in names.items() if len(v) > 1}
+    if clashes:
+        raise DatasetError(f"{source}: labels with several class names: {clashes}")
+    n_classes = int(manifest["label"].max()) + 1
+    missing = sorted(set(range(n_classes)) - set(manifest.loc[manifest.split == "train", "label"]))
+    if missing:
+        raise DatasetError(f"{source}: classes {missing} have no train images (labels must be 0..{n_classes - 1})")
+
+
+def classnames(manifest: pd.DataFrame) -> list[str]:
+    """Class names in label order."""
+    return manifest.drop_duplicates("label").sort_values("label")["classname"].tolist()
+
+
+def _problem(path: Path) -> str | None:
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as img:
+            img.convert("RGB").load()
+    except Exception as exc:  # PIL raises many types for bad files
+        return f"corrupt ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_images(manifest: pd.DataFrame, root: Path, workers: int = 8) -> None:
+    """Every listed file must exist and decode; otherwise name the first offenders and the count."""
+    paths = [Path(root) / p for p in manifest["path"]]
+    with ThreadPoolExecutor(workers) as pool:
+        problems = [(p, why) for p, why in zip(paths, pool.map(_problem, paths)) if why]
+    if problems:
+        first = "\n  ".join(f"{p}: {why}" for p, why in problems[:5])
+        raise DatasetError(f"{len(problems)} of {len(paths)} listed images are missing or corrupt under "
+                           f"{root}; first:\n  {first}")
+
+
+def write_shapes(out_dir: Path, seed: int, per_class: dict[str, int]) -> pd.DataFrame:
+    """Render the `shapes` dataset as PNGs under `out_dir/images` and return its manifest."""
+    n_classes = len(shapes.classnames())
+    rows = []
+    for split in SPLITS:
+        for i in range(per_class[split] * n_classes):
+            img, label = shapes.sample(seed, split, i)
+            rel = f"images/{split}/{i:05d}.png"
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            img.save(out_dir / rel)
+            rows.append((rel, label, shapes.classnames()[label], split))
+    manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
+    manifest.insert(0, "item", range(len(manifest)))
+    return manifest

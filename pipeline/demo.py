@@ -1,0 +1,99 @@
+"""The embedded `demo` CLIP: a small open_clip architecture trained on the `shapes` train split.
+
+Recipe (see README "The demo model"): CLIP's symmetric contrastive loss, every batch holding each class
+at most once (duplicate captions in a batch would be false negatives), and a *fixed* logit scale. A
+learned temperature closes the modality gap, which is what the downstream methods exist to correct.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline import shapes
+
+ARCH = "demo-clip"
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+def register_configs() -> None:
+    """Make the project's own architectures (demo-clip) known to open_clip."""
+    if ARCH not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    steps: int = 900
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.1
+    logit_scale: float = 50.0
+    classes_per_batch: int = 36
+    seed: int = 0
+
+
+def render_split(data_seed: int, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 3, 64, 64) uint8 and labels (n,) of a `shapes` split, exactly as `prepare` writes them."""
+    images, labels = [], []
+    for i in range(n):
+        img, label = shapes.sample(data_seed, split, i)
+        images.append(np.asarray(img))
+        labels.append(label)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+
+
+def _normalise(images: torch.Tensor, model) -> torch.Tensor:
+    cfg = model.visual.preprocess_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def _caption_tokens(tokenizer) -> torch.Tensor:
+    """(n_templates, n_classes, context) token ids of every training caption."""
+    names = shapes.classnames()
+    return torch.stack([tokenizer([t.format(n) for n in names]) for t in shapes.CAPTION_TEMPLATES])
+
+
+def train(recipe: DemoRecipe, images: torch.Tensor, labels: torch.Tensor, progress: bool = True):
+    """Train demo-clip from scratch on (images, labels); deterministic for a fixed recipe and data."""
+    register_configs()
+    torch.manual_seed(recipe.seed)
+    model = open_clip.create_model(ARCH, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(ARCH)
+    captions = _caption_tokens(tokenizer)
+    pixels = _normalise(images, model)
+    n_classes = captions.shape[1]
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(n_classes)]
+    if recipe.classes_per_batch > n_classes:
+        raise ValueError(f"classes_per_batch={recipe.classes_per_batch} exceeds the {n_classes} classes")
+    with torch.no_grad():
+        model.logit_scale.fill_(float(np.log(recipe.logit_scale)))
+    model.logit_scale.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / recipe.warmup)
+                                              * 0.5 * (1 + np.cos(np.pi * t / recipe.steps)))
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    bar = tqdm(range(recipe.steps), desc="train demo CLIP", disable=not progress)
+    for _ in bar:
+        cls = torch.randperm(n_classes, generator=gen)[: recipe.classes_per_batch]
+        pick = torch.stack([by_class[c][torch.randint(len(by_class[c]), (1,), generator=gen)] for c in cls])
+        tmpl = torch.randint(len(shapes.CAPTION_TEMPLATES), (len(cls),), generator=gen)
+        img = F.normalize(model.encode_image(pixels[pick.flatten()]), dim=-1)
+        txt = F.normalize(model.encode_text(captions[tmpl, cls]), dim=-1)
+        logits = recipe.logit_scale * img @ txt.T
+        target = torch.arange(len(cls))
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()

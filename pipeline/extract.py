@@ -1,0 +1,127 @@
+"""Run a loaded CLIP over a manifest's images and prompts, streaming features into Zarr stores.
+
+Batches never cross a shard boundary, so a resumed run computes exactly the batches an uninterrupted
+run would have, and the two stores end bit-identical.
+"""
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.models import LoadedModel
+from pipeline.store import SHARD_ROWS, ShardedWriter, write_store
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+class ImageFiles(Dataset):
+    """Decoded, preprocessed images of a manifest, in manifest order."""
+
+    def __init__(self, root: Path, paths: list[str], preprocess):
+        self.root, self.paths, self.preprocess = Path(root), paths, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        path = self.root / self.paths[i]
+        try:
+            with Image.open(path) as img:
+                return self.preprocess(img.convert("RGB"))
+        except Exception as exc:
+            raise RuntimeError(f"cannot decode image {path}: {exc}") from exc
+
+
+def _autocast(device: str, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision '{precision}' is not one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return nullcontext() if dtype is None else torch.autocast(device_type=device, dtype=dtype)
+
+
+def project(pre: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected embedding from a pre-projection feature, in fp32 (the store's emb == pre @ W exactly)."""
+    out = pre.float() @ W.to(pre.device)
+    return out if b is None else out + b.to(pre.device)
+
+
+def image_store_layout(m: LoadedModel, manifest: pd.DataFrame) -> tuple[dict, dict]:
+    """Row arrays and small arrays of an images.zarr store."""
+    n, d_v, D = len(manifest), m.W_img.shape[0], m.W_img.shape[1]
+    rows = {"image/pre": ((n, d_v), "float32"), "image/emb": ((n, D), "float32")}
+    small = {
+        "image/label": manifest["label"].to_numpy(np.int32),
+        "image/split": manifest["split"].map(SPLIT_CODES).to_numpy(np.int8),
+        "image/item": manifest["item"].to_numpy(np.int64),
+        "model/W_img": m.W_img.numpy().astype(np.float32),
+        "model/W_txt": m.W_txt.numpy().astype(np.float32),
+        "model/logit_scale": np.array([m.logit_scale], np.float32),
+    }
+    if m.b_img is not None:
+        small["model/b_img"] = m.b_img.numpy().astype(np.float32)
+    return rows, small
+
+
+def _shard_batches(writer: ShardedWriter, batch_size: int) -> list[list[int]]:
+    batches = []
+    for shard in writer.pending():
+        start, stop = writer.shard_range(shard)
+        batches += [list(range(i, min(i + batch_size, stop))) for i in range(start, stop, batch_size)]
+    return batches
+
+
+def extract_images(m: LoadedModel, manifest: pd.DataFrame, root: Path, dest: Path, staging: Path,
+                   provenance: dict, *, batch_size: int = 64, workers: int = 2, device: str = "cpu",
+                   precision: str = "fp32", shard_rows: int = SHARD_ROWS, progress: bool = True) -> None:
+    """Extract image/pre and image/emb for every manifest row into `dest` (via `staging`, resumable)."""
+    rows, small = image_store_layout(m, manifest)
+    writer = ShardedWriter(staging, provenance, rows, small, shard_rows)
+    loader = DataLoader(ImageFiles(root, manifest["path"].tolist(), m.preprocess),
+                        batch_sampler=_shard_batches(writer, batch_size), num_workers=workers,
+                        pin_memory=device == "cuda", persistent_workers=False)
+    pending = writer.pending()
+    bar = tqdm(total=sum(np.subtract(*writer.shard_range(s)[::-1]) for s in pending),
+               desc=f"extract {dest.parent.name}", unit="img", disable=not progress)
+    buffers, shard_iter = [], iter(pending)
+    shard = next(shard_iter, None)
+    with torch.no_grad():
+        for images in loader:
+            with _autocast(device, precision):
+                pre = m.trunk.encode_image(images.to(device, non_blocking=True))
+            pre = pre.float()
+            buffers.append((pre.cpu().numpy(), project(pre, m.W_img, m.b_img).cpu().numpy()))
+            bar.update(len(images))
+            start, stop = writer.shard_range(shard)
+            if sum(len(p) for p, _ in buffers) == stop - start:
+                writer.write_shard(shard, {"image/pre": np.concatenate([p for p, _ in buffers]),
+                                           "image/emb": np.concatenate([e for _, e in buffers])})
+                buffers, shard = [], next(shard_iter, None)
+    bar.close()
+    writer.finalize(dest)
+
+
+def expand_templates(names: list[str], dataset_template: str) -> list[str]:
+    """Prompt templates from `text.templates`: the literal 'dataset' means the dataset's own template."""
+    return [dataset_template if t == "dataset" else t for t in names]
+
+
+def extract_text(m: LoadedModel, classnames: list[str], templates: list[str], dest: Path, staging: Path,
+                 provenance: dict, *, device: str = "cpu", precision: str = "fp32") -> None:
+    """Encode every (class, template) prompt: text/pre (C, P, d_t) EOS features and text/emb (C, P, D)."""
+    prompts = [t.format(c) for c in classnames for t in templates]
+    C, P = len(classnames), len(templates)
+    with torch.no_grad(), _autocast(device, precision):
+        pre = torch.cat([m.trunk.encode_text(m.tokenizer(prompts[i:i + 256]).to(device)).float()
+                         for i in range(0, len(prompts), 256)])
+    emb = project(pre, m.W_txt)
+    write_store(dest, staging, provenance, {
+        "text/pre": pre.cpu().numpy().reshape(C, P, -1),
+        "text/emb": emb.cpu().numpy().reshape(C, P, -1),
+    })

@@ -1,0 +1,1 @@
+"""One module per method; each turns cached arrays into component logits."""

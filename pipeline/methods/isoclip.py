@@ -1,0 +1,69 @@
+"""IsoCLIP: drop the top and bottom singular directions of the inter-modal operator (METHODS.md §5).
+
+Shapes: W_img (d_v, D) and W_txt (d_t, D), applied as x @ W; pre-projection features x_v (N, d_v)
+and EOS features e (N, d_t) are raw. Psi = W_img W_txt^T (d_v, d_t) with reduced SVD U S V^T,
+r = min(d_v, d_t), singular values descending; the kept band is indices [k_top, r - k_bottom).
+"""
+
+import torch
+
+from pipeline.methods.ncm import class_means, ncm_logits
+from pipeline.methods.zeroshot import normalize
+
+
+def iso_basis(
+    W_img: torch.Tensor,
+    W_txt: torch.Tensor,
+    k_top: int,
+    k_bottom: int,
+    img_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U_k (d_v, k), V_k (d_t, k)): singular vectors of Psi kept after dropping k_top + k_bottom.
+
+    img_bias: the image projection's bias if it has one; a nonzero bias (ModifiedResNet's affine
+    attnpool.c_proj) is refused, because the operator Psi only describes a linear projector.
+    """
+    if img_bias is not None and bool((img_bias != 0).any()):
+        raise ValueError(
+            "IsoCLIP needs a bias-free linear image projection (ViT visual.proj); got a nonzero img_bias "
+            "(affine projection, e.g. ResNet attnpool.c_proj)"
+        )
+    if W_img.ndim != 2 or W_txt.ndim != 2 or W_img.shape[1] != W_txt.shape[1]:
+        raise ValueError(
+            f"W_img (d_v, D) and W_txt (d_t, D) must share D, got {tuple(W_img.shape)} and {tuple(W_txt.shape)}"
+        )
+    r = min(W_img.shape[0], W_txt.shape[0])
+    for name, k in (("k_top", k_top), ("k_bottom", k_bottom)):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {k!r}")
+    if k_top + k_bottom >= r:
+        raise ValueError(f"k_top + k_bottom = {k_top + k_bottom} must be < r = {r} to keep any direction")
+    U, _, Vh = torch.linalg.svd(W_img @ W_txt.T, full_matrices=False)
+    return U[:, k_top : r - k_bottom], Vh[k_top : r - k_bottom].T
+
+
+def iso_image_projector(W_img: torch.Tensor, U_k: torch.Tensor) -> torch.Tensor:
+    """(d_v, D) modified image projector U_k U_k^T W_img."""
+    return U_k @ (U_k.T @ W_img)
+
+
+def iso_text_projector(W_txt: torch.Tensor, V_k: torch.Tensor) -> torch.Tensor:
+    """(d_t, D) modified text projector V_k V_k^T W_txt."""
+    return V_k @ (V_k.T @ W_txt)
+
+
+def iso_embed(pre: torch.Tensor, W_iso: torch.Tensor) -> torch.Tensor:
+    """Raw pre-projection features (N, d) -> unit IsoCLIP embeddings normalize(pre @ W_iso)."""
+    return normalize(pre @ W_iso)
+
+
+def isoncm_logits(
+    query_pre: torch.Tensor,
+    train_pre: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    W_iso: torch.Tensor,
+) -> torch.Tensor:
+    """(N, C) IsoNCM cosines: prototypes = means of raw train x_v mapped by W_iso, queries mapped alike."""
+    prototypes = iso_embed(class_means(train_pre, train_labels, num_classes), W_iso)
+    return ncm_logits(query_pre @ W_iso, prototypes)

@@ -1,0 +1,160 @@
+"""SeMoBridge, training-free (METHODS.md §3): image embeddings bridged into the text side.
+
+Shapes: projected image embeddings f are (..., D) raw rows; few-shot sets are (C, K', D) (K'
+includes augmented copies); W_txt is (d_t, D) applied as e @ W_txt; text prototypes are (C, D)
+unit rows. Sharpness and fusion parameters are searched on val in one batched pass through
+`semobridge_builder` + `pipeline.fusion.search_batched` (random rows from
+`pipeline.fusion.sample_weights(SEARCH_SPACE, ...)` replace the reference's Optuna TPE).
+"""
+
+from typing import Callable
+
+import torch
+
+from pipeline.methods.ape import kl_divergence
+from pipeline.methods.tip_adapter import sharpen
+from pipeline.methods.zeroshot import normalize
+
+# Column order of parameter rows, as the reference's param_names for LOGITS [z1, z2, z3].
+PARAM_NAMES = ("smoothness", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3")
+# The reference's Optuna ranges (§3.5).
+SEARCH_SPACE = {
+    "smoothness": (0.0, 1.5),
+    "alpha": (0.0, 10.0),
+    "beta": (0.0, 10.0),
+    "gamma": (0.0, 10.0),
+    "lambda1": (0.0, 1.0),
+    "lambda2": (0.0, 1.0),
+    "lambda3": (0.0, 1.0),
+}
+
+
+def bridge_matrix(W_txt: torch.Tensor, atol: float = 0.3) -> torch.Tensor:
+    """(D, d_t) pseudo-inverse of W_txt with singular values <= atol treated as zero (rtol 0)."""
+    if W_txt.ndim != 2:
+        raise ValueError(f"W_txt must be a (d_t, D) matrix, got shape {tuple(W_txt.shape)}")
+    if atol < 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    return torch.linalg.pinv(W_txt, atol=atol, rtol=0.0)
+
+
+def singular_values(W_txt: torch.Tensor) -> torch.Tensor:
+    """Singular values of W_txt, descending (the spectrum to log per backbone, §3.2)."""
+    return torch.linalg.svdvals(W_txt)
+
+
+def num_truncated(W_txt: torch.Tensor, atol: float = 0.3) -> int:
+    """How many singular values of W_txt are <= atol, i.e. dropped by `bridge_matrix`."""
+    return int((singular_values(W_txt) <= atol).sum())
+
+
+def text_scale(eos_pre: torch.Tensor) -> torch.Tensor:
+    """(C, P, d_t) raw EOS features per class and prompt -> s = mean_c || mean_p e_{c,p} ||."""
+    if eos_pre.ndim != 3:
+        raise ValueError(f"eos_pre must be (C, P, d_t), got shape {tuple(eos_pre.shape)}")
+    return eos_pre.mean(dim=1).norm(dim=-1).mean()
+
+
+def bridge(f: torch.Tensor, P: torch.Tensor, W_txt: torch.Tensor, s) -> torch.Tensor:
+    """(..., D) raw image embeddings -> (..., D) bridged embeddings f̂ = s * normalize(f P) @ W_txt."""
+    if P.shape != W_txt.shape[::-1] or f.shape[-1] != P.shape[0]:
+        raise ValueError(
+            f"shapes disagree: f {tuple(f.shape)}, P {tuple(P.shape)} (want (D, d_t)), W_txt {tuple(W_txt.shape)}"
+        )
+    return (s * normalize(f @ P)) @ W_txt
+
+
+def class_divergence(shot_protos: torch.Tensor, text_protos: torch.Tensor) -> torch.Tensor:
+    """(C,) D_c = log2((1 + 1e-6) / (p_c[c] + 1e-6)), p_c = softmax_j(F̃_c · T̃_j) (APE's KL, per class)."""
+    if shot_protos.ndim != 2 or shot_protos.shape != text_protos.shape:
+        raise ValueError(
+            "shot_protos and text_protos must both be (C, D), "
+            f"got {tuple(shot_protos.shape)} and {tuple(text_protos.shape)}"
+        )
+    return kl_divergence(shot_protos.unsqueeze(1), text_protos)[:, 0]
+
+
+def class_weights(shot_protos: torch.Tensor, text_protos: torch.Tensor, smoothness: float) -> torch.Tensor:
+    """(C,) class weights w_c = exp(smoothness * D_c) of §3.4."""
+    return torch.exp(smoothness * class_divergence(shot_protos, text_protos))
+
+
+def semobridge_cosines(
+    query: torch.Tensor,
+    shots: torch.Tensor,
+    text_protos: torch.Tensor,
+    P: torch.Tensor,
+    W_txt: torch.Tensor,
+    s,
+) -> dict[str, torch.Tensor]:
+    """The three (N, C) cosine maps the logits sharpen, paired as the reference code pairs them.
+
+    "c1": q · T̃ (zero-shot); "c2": q · G̃ (raw query vs bridged few-shot prototypes, for beta/z2);
+    "c3": q̂ · F̃ (bridged query vs raw few-shot prototypes, for gamma/z3); also "divergence" (C,),
+    the D_c of the class weights. q = normalize(query); F̃ = normalised mean of raw shots;
+    G̃ = normalised mean of bridged shots; q̂ = normalised bridged query.
+    """
+    if shots.ndim != 3 or text_protos.shape != (shots.shape[0], shots.shape[2]):
+        raise ValueError(
+            f"shots must be (C, K', D) and text_protos (C, D), "
+            f"got {tuple(shots.shape)} and {tuple(text_protos.shape)}"
+        )
+    raw_protos = normalize(shots.mean(dim=1))
+    bridged_protos = normalize(bridge(shots, P, W_txt, s).mean(dim=1))
+    q = normalize(query)
+    return {
+        "c1": q @ text_protos.T,
+        "c2": q @ bridged_protos.T,
+        "c3": normalize(bridge(query, P, W_txt, s)) @ raw_protos.T,
+        "divergence": class_divergence(raw_protos, text_protos),
+    }
+
+
+def semobridge_terms(
+    cosines: dict[str, torch.Tensor], smoothness, alpha, beta, gamma
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z1, z2, z3 of §3.4 from `semobridge_cosines` output.
+
+    z1 = exp(-alpha (1 - c1)); z2 = exp(-beta (1 - c2)) w; z3 = exp(-gamma (1 - c3)) w, with
+    w_c = exp(smoothness D_c). Parameters are floats -> (N, C) terms, or (T,) tensors -> (T, N, C)
+    terms (one per parameter row, for batched search).
+    """
+
+    def col(p):
+        p = torch.as_tensor(p, dtype=cosines["c1"].dtype, device=cosines["c1"].device)
+        return p.view(-1, 1, 1) if p.ndim == 1 else p
+
+    w = torch.exp(col(smoothness) * cosines["divergence"])  # broadcasts over queries
+    return (
+        sharpen(cosines["c1"], col(alpha)),
+        sharpen(cosines["c2"], col(beta)) * w,
+        sharpen(cosines["c3"], col(gamma)) * w,
+    )
+
+
+def semobridge_builder(cosines: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Map (T, 7) parameter rows (columns PARAM_NAMES) to (T, N, C) fused logits, for `search_batched`.
+
+    Pass val cosines only when searching.
+    """
+
+    def build(params: torch.Tensor) -> torch.Tensor:
+        if params.ndim != 2 or params.shape[1] != len(PARAM_NAMES):
+            raise ValueError(
+                f"params must be (T, {len(PARAM_NAMES)}) with columns {PARAM_NAMES}, got {tuple(params.shape)}"
+            )
+        params = params.to(cosines["c1"])
+        z1, z2, z3 = semobridge_terms(cosines, *params[:, :4].unbind(dim=1))  # each (T, N, C)
+        lam1, lam2, lam3 = params[:, 4:, None, None].unbind(dim=1)
+        return lam1 * z1 + lam2 * z2 + lam3 * z3
+
+    return build
+
+
+def semobridge_logits(cosines: dict[str, torch.Tensor], params: dict[str, float]) -> torch.Tensor:
+    """(N, C) fused logits lambda1 z1 + lambda2 z2 + lambda3 z3 for one parameter set (keys PARAM_NAMES)."""
+    missing = [name for name in PARAM_NAMES if name not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}; expected keys {PARAM_NAMES}")
+    row = torch.tensor([[float(params[name]) for name in PARAM_NAMES]])
+    return semobridge_builder(cosines)(row)[0]

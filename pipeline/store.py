@@ -1,0 +1,123 @@
+"""Zarr v3 feature stores: sharded, resumable writer and validating readers (DESIGN.md §5).
+
+A store is a Zarr group whose attributes hold `provenance` (what produced it) and `complete`, which is
+set last: a store without `complete: true` is never read. Row arrays (N x width) are sharded by
+`shard_rows`; each shard is written once, whole, then marked done in a progress folder beside the
+store, so a killed extraction resumes from its finished shards.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.io import replace_dir
+
+SHARD_ROWS = 2048
+CHUNK_ROWS = 256
+
+
+class StoreError(ValueError):
+    """A feature store is missing, incomplete, or from another model/dataset than requested."""
+
+
+def _create_array(group: zarr.Group, name: str, shape: tuple, dtype, shard_rows: int | None):
+    if shard_rows is None:  # small array: one chunk, one file
+        return group.create_array(name, shape=shape, dtype=dtype, chunks=shape or (1,), compressors=None)
+    chunk = (min(CHUNK_ROWS, shard_rows),) + tuple(shape[1:])
+    shard = (shard_rows,) + tuple(shape[1:])
+    # Embeddings barely compress (~1.1x), so no codec: raw float32 is what the linear algebra reads.
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunk, shards=shard, compressors=None)
+
+
+class ShardedWriter:
+    """Writes a store in `staging`, shard by shard; `finalize` moves it to its destination."""
+
+    def __init__(self, staging: Path, provenance: dict, rows: dict[str, tuple], small: dict[str, np.ndarray],
+                 shard_rows: int = SHARD_ROWS):
+        """`rows`: name -> (shape, dtype) of row-sharded arrays (same N); `small`: arrays written at once."""
+        self.staging = Path(staging)
+        self.progress = self.staging.with_name(self.staging.name + ".progress")
+        self.shard_rows = shard_rows
+        self.n_rows = {shape[0] for shape, _ in rows.values()}.pop()
+        self.n_shards = -(-self.n_rows // shard_rows)
+        if self._resumable(provenance):
+            self.group = zarr.open_group(self.staging, mode="r+")
+            return
+        shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.progress, ignore_errors=True)
+        self.group = zarr.open_group(self.staging, mode="w")
+        for name, (shape, dtype) in rows.items():
+            _create_array(self.group, name, shape, dtype, shard_rows)
+        for name, value in small.items():
+            _create_array(self.group, name, value.shape, value.dtype, None)[...] = value
+        self.progress.mkdir(parents=True)
+        # `created` marks that layout and small arrays are on disk; only then may a later run resume.
+        self.group.attrs.update({"provenance": provenance, "shard_rows": shard_rows, "created": True})
+
+    def _resumable(self, provenance: dict) -> bool:
+        try:
+            attrs = dict(zarr.open_group(self.staging, mode="r").attrs)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return False
+        return (attrs.get("created") and attrs.get("provenance") == provenance
+                and attrs.get("shard_rows") == self.shard_rows and self.progress.is_dir())
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """Rows [start, stop) of a shard."""
+        return shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.n_rows)
+
+    def pending(self) -> list[int]:
+        """Shards not yet written, in order."""
+        return [s for s in range(self.n_shards) if not (self.progress / f"{s:06d}.done").exists()]
+
+    def write_shard(self, shard: int, blocks: dict[str, np.ndarray]) -> None:
+        """Write one whole shard of every row array, then mark it done."""
+        start, stop = self.shard_range(shard)
+        for name, block in blocks.items():
+            if len(block) != stop - start:
+                raise ValueError(f"shard {shard} of '{name}' has {len(block)} rows, expected {stop - start}")
+            self.group[name][start:stop] = block
+        (self.progress / f"{shard:06d}.done").touch()
+
+    def finalize(self, dest: Path) -> None:
+        """Flag the store complete and move it to `dest`; refuses while shards are missing."""
+        missing = self.pending()
+        if missing:
+            raise StoreError(f"{self.staging}: shards {missing[:5]} ({len(missing)} in all) were never written")
+        self.group.attrs["complete"] = True
+        replace_dir(self.staging, dest)
+        shutil.rmtree(self.progress, ignore_errors=True)
+
+
+def write_store(dest: Path, staging: Path, provenance: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write a small store in one go (text features, logits): staging, complete flag, rename."""
+    shutil.rmtree(staging, ignore_errors=True)
+    group = zarr.open_group(staging, mode="w")
+    for name, value in arrays.items():
+        _create_array(group, name, value.shape, value.dtype, None)[...] = value
+    group.attrs.update({"provenance": provenance, "complete": True})
+    replace_dir(staging, dest)
+
+
+def open_store(path: Path, expect: dict | None = None) -> zarr.Group:
+    """Open a complete store read-only; with `expect`, every given provenance key must match."""
+    path = Path(path)
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StoreError(f"feature store {path} does not exist (run its `dvc repro` stage)") from None
+    if group.attrs.get("complete") is not True:
+        raise StoreError(f"feature store {path} is incomplete (an interrupted write?); re-run its stage")
+    if expect:
+        check_provenance(path, dict(group.attrs["provenance"]), expect)
+    return group
+
+
+def check_provenance(path, found: dict, expect: dict) -> None:
+    """Raise StoreError naming every key whose value differs from what was asked for."""
+    diff = {k: (found.get(k), v) for k, v in expect.items() if found.get(k) != v}
+    if diff:
+        lines = "; ".join(f"{k}: store has {a!r}, expected {b!r}" for k, (a, b) in diff.items())
+        raise StoreError(f"feature store {path} comes from a different source: {lines}")

@@ -1,0 +1,24 @@
+"""extract@{model}-{dataset}: image features of every manifest row -> features/<model>/<dataset>/images.zarr.
+
+usage: python stages/extract.py <model> <dataset>
+Batch size and loader workers: env CLIPCACHE_BATCH_SIZE / CLIPCACHE_WORKERS or local.yaml (not params).
+An interrupted run resumes from the finished shards in features/.staging/.
+"""
+
+import json
+import sys
+
+import pandas as pd
+from common import ROOT, data_dir, feature_dir, model_dir, stage_params, staging_dir
+from pipeline import extract, features, models, params, runtime
+
+model_name, dataset_name = sys.argv[1:3]
+precision = params.precision(stage_params(f"extract@{model_name}-{dataset_name}"))
+device, knobs = runtime.device(), runtime.settings(ROOT)
+dataset = json.loads((data_dir(dataset_name) / "dataset.json").read_text())
+manifest = pd.read_parquet(data_dir(dataset_name) / "manifest.parquet")
+m = models.load(model_dir(model_name), device)
+extract.extract_images(
+    m, manifest, ROOT / dataset["root"], feature_dir(model_name, dataset_name) / "images.zarr",
+    staging_dir(model_name, dataset_name) / "images.zarr", features.provenance(m.card, dataset, precision),
+    batch_size=knobs["batch_size"], workers=knobs["workers"], device=device, precision=precision)

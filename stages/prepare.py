@@ -1,0 +1,33 @@
+"""prepare@{dataset}: build data/<dataset>/manifest.parquet and dataset.json.
+
+usage: python stages/prepare.py <dataset>
+"""
+
+import shutil
+import sys
+
+from common import ROOT, data_dir, stage_params
+from pipeline import datasets, params, shapes
+from pipeline.io import atomic_write_json
+
+name = sys.argv[1]
+cfg = params.dataset_entry(stage_params(f"prepare@{name}"), name)
+out = data_dir(name)
+tmp = out.with_name(out.name + ".tmp")
+shutil.rmtree(tmp, ignore_errors=True)
+tmp.mkdir(parents=True)
+if cfg["kind"] == "shapes":
+    manifest = datasets.write_shapes(tmp, cfg["seed"], cfg["per_class"])
+    root, template = f"data/{name}", shapes.TEMPLATE
+else:
+    root = cfg["root"]
+    manifest = datasets.coop_manifest(cfg["name"], ROOT / root)
+    datasets.check_images(manifest, ROOT / root)
+    template = datasets.COOP[cfg["name"]].template
+manifest.to_parquet(tmp / "manifest.parquet", index=False)
+atomic_write_json(tmp / "dataset.json", {
+    "name": name, "root": root, "template": cfg.get("template", template),
+    "classnames": datasets.classnames(manifest), "manifest_sha256": datasets.manifest_digest(manifest),
+    "counts": manifest["split"].value_counts().to_dict()})
+shutil.rmtree(out, ignore_errors=True)
+tmp.rename(out)
