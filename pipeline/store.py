@@ -91,13 +91,14 @@ class ShardedWriter:
         shutil.rmtree(self.progress, ignore_errors=True)
 
 
-def write_store(dest: Path, staging: Path, provenance: dict, arrays: dict[str, np.ndarray]) -> None:
+def write_store(dest: Path, staging: Path, provenance: dict, arrays: dict[str, np.ndarray],
+                attrs: dict | None = None) -> None:
     """Write a small store in one go (text features, logits): staging, complete flag, rename."""
     shutil.rmtree(staging, ignore_errors=True)
     group = zarr.open_group(staging, mode="w")
     for name, value in arrays.items():
         _create_array(group, name, value.shape, value.dtype, None)[...] = value
-    group.attrs.update({"provenance": provenance, "complete": True})
+    group.attrs.update({**(attrs or {}), "provenance": provenance, "complete": True})
     replace_dir(staging, dest)
 
 

@@ -27,4 +27,4 @@ for code, split in ((1, "val"), (2, "test")):
 
 out = ROOT / "logits" / model_name / dataset_name
 write_store(out / "logits.zarr", ROOT / "logits" / ".staging" / model_name / dataset_name,
-            {**feats.provenance, **attrs}, arrays)
+            feats.provenance, arrays, attrs)

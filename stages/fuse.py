@@ -18,6 +18,6 @@ for dataset in p["datasets"]:
         test = torch.from_numpy(logits["zeroshot/test"][...])
         report.setdefault(dataset, {})[model] = {
             "zeroshot": {"test_acc": round(metrics.accuracy(test, labels), 4)},
-            "modality_gap": round(logits.attrs["provenance"]["modality_gap"], 4),
+            "modality_gap": round(logits.attrs["modality_gap"], 4),
         }
 atomic_write_json(ROOT / "reports" / "metrics.json", report)
