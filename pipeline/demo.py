@@ -28,7 +28,7 @@ def register_configs() -> None:
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    steps: int = 900
+    steps: int = 800
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.1

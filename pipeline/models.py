@@ -143,7 +143,7 @@ def load(model_dir: Path, device: str = "cpu") -> LoadedModel:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{model_dir}/model.pt does not match architecture '{card['arch']}': {exc}") from None
-    logit_scale = float(model.logit_scale.exp())
+    logit_scale = float(model.logit_scale.detach().exp())
     W_img, b_img, W_txt = split_projections(model)
     return LoadedModel(
         trunk=model.eval().requires_grad_(False).to(device), W_img=W_img, b_img=b_img, W_txt=W_txt,

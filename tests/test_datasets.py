@@ -1,0 +1,111 @@
+"""Manifests from CoOp split files (real ones when ../shared/datasets exists) and the demo generator."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import shared_dataset
+from pipeline import datasets, demo, params
+
+REAL = [("eurosat", "split_zhou_EuroSAT.json"), ("caltech101", "split_zhou_Caltech101.json"),
+        ("dtd", "split_zhou_DescribableTextures.json")]
+
+
+@pytest.mark.parametrize("name, split_file", REAL)
+def test_manifest_counts_match_split_file(name, split_file):
+    root = shared_dataset(name)
+    splits = json.loads((root / split_file).read_text())
+    manifest = datasets.coop_manifest(name, root)
+    for split in datasets.SPLITS:
+        rows = manifest[manifest.split == split]
+        assert len(rows) == len(splits[split])
+        assert rows["label"].tolist() == [e[1] for e in splits[split]]
+    assert manifest["item"].is_unique
+    assert len(datasets.classnames(manifest)) == len({e[1] for e in splits["train"]})
+
+
+def test_dtd_images_all_decode():
+    root = shared_dataset("dtd")
+    datasets.check_images(datasets.coop_manifest("dtd", root), root)
+
+
+def _fake_coop(tmp_path, n=6):
+    """A tiny EuroSAT-shaped dataset: real PNGs the test makes itself."""
+    img_dir = tmp_path / "2750" / "Forest"
+    img_dir.mkdir(parents=True)
+    from PIL import Image
+    entries = []
+    for i in range(n):
+        Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(img_dir / f"{i}.png")
+        entries.append([f"Forest/{i}.png", i % 2, ["Forest", "River"][i % 2]])
+    split = {"train": entries[:4], "val": entries[4:5], "test": entries[5:]}
+    (tmp_path / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
+    return tmp_path, img_dir
+
+
+def test_missing_and_corrupt_images_are_named(tmp_path):
+    root, img_dir = _fake_coop(tmp_path)
+    manifest = datasets.coop_manifest("eurosat", root)
+    datasets.check_images(manifest, root)
+    (img_dir / "1.png").unlink()
+    (img_dir / "3.png").write_bytes(b"not an image")
+    with pytest.raises(datasets.DatasetError) as err:
+        datasets.check_images(manifest, root)
+    text = str(err.value)
+    assert "2 of 6" in text and "1.png: missing" in text and "3.png: corrupt" in text
+
+
+def test_class_without_train_images_is_refused(tmp_path):
+    root, _ = _fake_coop(tmp_path)
+    split = json.loads((root / "split_zhou_EuroSAT.json").read_text())
+    split["test"].append(["Forest/5.png", 2, "Lake"])
+    (root / "split_zhou_EuroSAT.json").write_text(json.dumps(split))
+    with pytest.raises(datasets.DatasetError, match=r"classes \[2\] have no train images"):
+        datasets.coop_manifest("eurosat", root)
+
+
+def test_unknown_dataset_and_missing_split_file(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="unknown CoOp dataset 'imagenet9'"):
+        datasets.coop_manifest("imagenet9", tmp_path)
+    with pytest.raises(datasets.DatasetError, match="split_zhou_EuroSAT.json not found"):
+        datasets.coop_manifest("eurosat", tmp_path)
+
+
+def test_shapes_files_equal_the_demo_trainers_images(tmp_path):
+    manifest = datasets.write_shapes(tmp_path, seed=3, per_class={"train": 2, "val": 1, "test": 1})
+    assert manifest["label"].nunique() == 36 and len(manifest) == 36 * 4
+    images, labels = demo.render_split(3, "train", 72)
+    from PIL import Image
+    train = manifest[manifest.split == "train"]
+    for i in (0, 41, 71):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / train.path.iloc[i])),
+                                      images[i].permute(1, 2, 0).numpy())
+    assert train["label"].tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"data": {"x": {"kind": "coop", "name": "eurosat", "root": 3}}}, "'data.x.root' = 3 should be str"),
+    ({"data": {"x": {"kind": "tiff"}}}, "'data.x.kind' = 'tiff' should be one of"),
+    ({"data": {"x": {"kind": "shapes", "seed": 0, "per_class": {"train": 0, "val": 1, "test": 1}}}},
+     "'data.x.per_class.train' = 0 should be >= 1"),
+    ({"data": {"y": {}}}, "no entry 'x' under 'data'"),
+])
+def test_bad_dataset_params(section, message):
+    with pytest.raises(params.ParamsError, match=message):
+        params.dataset_entry(section, "x")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"arch": "demo-clip", "source": "demo", "data": {"seed": 0, "per_class": 5}, "train": {"steps": "many"}},
+     "'model_zoo.m.train.steps' = 'many' should be int"),
+    ({"arch": "demo-clip", "source": "demo", "data": {"seed": 0, "per_class": 5}, "train": {"lr": -1.0}},
+     "should be >= 0"),
+    ({"arch": "demo-clip", "source": "demo", "data": {"seed": 0, "per_class": 5}, "train": {"lrr": 1.0}},
+     "unknown key 'model_zoo.m.train.lrr'"),
+    ({"arch": "ViT-B-32", "source": "pretrained"}, "missing key 'model_zoo.m.tag'"),
+    ({"arch": "ViT-B-32", "source": "random", "seed": True}, "'model_zoo.m.seed' = True should be int"),
+])
+def test_bad_model_params(entry, message):
+    with pytest.raises(params.ParamsError, match=message):
+        params.model_entry({"model_zoo": {"m": entry}}, "m")
