@@ -112,13 +112,13 @@ def check_images(manifest: pd.DataFrame, root: Path, workers: int = 8) -> None:
                            f"{root}; first:\n  {first}")
 
 
-def write_shapes(out_dir: Path, seed: int, per_class: dict[str, int]) -> pd.DataFrame:
+def write_shapes(out_dir: Path, seed: int, per_class: dict[str, int], blur: float = 0.0) -> pd.DataFrame:
     """Render the `shapes` dataset as PNGs under `out_dir/images` and return its manifest."""
     n_classes = len(shapes.classnames())
     rows = []
     for split in SPLITS:
         for i in range(per_class[split] * n_classes):
-            img, label = shapes.sample(seed, split, i)
+            img, label = shapes.sample(seed, split, i, blur)
             rel = f"images/{split}/{i:05d}.png"
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(out_dir / rel)

@@ -2,7 +2,8 @@
 
 from dataclasses import fields
 
-from pipeline import datasets, demo, extract, models
+# pipeline.datasets/demo/extract/models are imported inside the functions that need them: they pull in
+# open_clip, torchvision and pandas (~3.5 s on 2 cores), which stages such as `fuse` never need.
 
 
 class ParamsError(ValueError):
@@ -35,6 +36,7 @@ def entry(section: dict, name: str, where: str) -> dict:
 
 def dataset_entry(params: dict, name: str) -> dict:
     """Validated `data.<name>`."""
+    from pipeline import datasets
     cfg = entry(params.get("data"), name, "data")
     where = f"data.{name}"
     kind = need(cfg, "kind", str, where, choices=datasets.KINDS)
@@ -43,6 +45,7 @@ def dataset_entry(params: dict, name: str) -> dict:
         need(cfg, "root", str, where)
     else:
         need(cfg, "seed", int, where, minimum=0)
+        need(cfg, "blur", (int, float), where, minimum=0)
         per_class = need(cfg, "per_class", dict, where)
         for split in datasets.SPLITS:
             need(per_class, split, int, f"{where}.per_class", minimum=1)
@@ -53,6 +56,7 @@ def dataset_entry(params: dict, name: str) -> dict:
 
 def model_entry(params: dict, name: str) -> dict:
     """Validated `model_zoo.<name>`."""
+    from pipeline import demo, models
     cfg = entry(params.get("model_zoo"), name, "model_zoo")
     where = f"model_zoo.{name}"
     need(cfg, "arch", str, where)
@@ -89,4 +93,5 @@ def text_section(params: dict) -> dict:
 
 def precision(params: dict) -> str:
     """Validated `extract.precision`."""
+    from pipeline import extract
     return need(need(params, "extract", dict, ""), "precision", str, "extract", choices=extract.PRECISIONS)

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 import yaml
 
-DEFAULTS = {"batch_size": 64, "workers": min(4, os.cpu_count() or 1)}
+# retrieval_chunk: queries ranked per block in `retrieve` (peak memory ~ 16 * chunk * gallery bytes).
+DEFAULTS = {"batch_size": 64, "workers": min(4, os.cpu_count() or 1), "retrieval_chunk": 1024}
 
 
 def settings(root: Path = Path(".")) -> dict:
-    """batch_size / workers: env CLIPCACHE_BATCH_SIZE / CLIPCACHE_WORKERS > local.yaml > defaults."""
+    """batch_size / workers / retrieval_chunk: env CLIPCACHE_<KEY> > local.yaml > defaults."""
     local = root / "local.yaml"
     values = dict(DEFAULTS)
     if local.is_file():
@@ -24,7 +25,7 @@ def settings(root: Path = Path(".")) -> dict:
     try:
         return {k: int(values[k]) for k in DEFAULTS}
     except ValueError as exc:
-        raise ValueError(f"batch_size/workers from env or local.yaml must be integers: {exc}") from None
+        raise ValueError(f"{'/'.join(DEFAULTS)} from env or local.yaml must be integers: {exc}") from None
 
 
 def device() -> str:

@@ -2,12 +2,17 @@
 
 Deterministic: image i of a split is drawn from a numpy generator seeded by (seed, split, i), so any
 subset can be regenerated identically and in any order.
+
+`blur` is the camera: the demo CLIP pre-trains on sharp renders (blur 0) and the downstream `shapes`
+dataset sees the same scenes through a blurrier camera (params `data.shapes.blur`). That domain shift is
+what makes few-shot adaptation worth doing, as it is for a web-trained CLIP on satellite images:
+without it the demo's text prototypes are already the best classifier its image features allow.
 """
 
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -52,8 +57,9 @@ def _cross(cx, cy, radius, rotation):
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in outline]
 
 
-def render(label: int, rng: np.random.Generator) -> Image.Image:
-    """Draw one image of class `label` with random position, size, rotation, colour jitter and noise."""
+def render(label: int, rng: np.random.Generator, blur: float = 0.0) -> Image.Image:
+    """Draw one image of class `label` with random position, size, rotation, colour jitter and noise,
+    seen through a Gaussian camera blur of radius `blur` pixels."""
     colour = list(COLOURS.values())[label // len(SHAPES)]
     shape = SHAPES[label % len(SHAPES)]
     noise = rng.normal(128, 30, size=(IMAGE_SIZE, IMAGE_SIZE, 3)).clip(0, 255).astype(np.uint8)
@@ -76,15 +82,15 @@ def render(label: int, rng: np.random.Generator) -> Image.Image:
         draw.polygon(_polygon(cx, cy, radius, 5, rotation, inner=0.45), fill=fill)
     else:
         draw.polygon(_cross(cx, cy, radius, rotation), fill=fill)
-    return img
+    return img.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else img
 
 
-def sample(seed: int, split: str, index: int) -> tuple[Image.Image, int]:
+def sample(seed: int, split: str, index: int, blur: float = 0.0) -> tuple[Image.Image, int]:
     """Image `index` of `split` (labels cycle through the classes, so splits are balanced)."""
     n_classes = len(COLOURS) * len(SHAPES)
     label = index % n_classes
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    return render(label, rng), label
+    return render(label, rng, blur), label
 
 
 def caption(label: int, rng: np.random.Generator) -> str:

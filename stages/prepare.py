@@ -17,7 +17,7 @@ tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 tmp.mkdir(parents=True)
 if cfg["kind"] == "shapes":
-    manifest = datasets.write_shapes(tmp, cfg["seed"], cfg["per_class"])
+    manifest = datasets.write_shapes(tmp, cfg["seed"], cfg["per_class"], cfg["blur"])
     root, template = f"data/{name}", shapes.TEMPLATE
 else:
     root = cfg["root"]

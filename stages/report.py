@@ -1,18 +1,23 @@
-"""report: reports/metrics.json -> reports/summary.md (a table per dataset).
+"""report: reports/metrics.json + fusion.json -> reports/summary.md and reports/plots/<dataset>-<model>.csv
+(accuracy vs shots, one curve per method; rendered by `dvc plots show` with .dvc/plots/shots_log2.json).
 
 usage: python stages/report.py
 """
 
 import json
+import shutil
 
 from common import ROOT
-from pipeline.io import atomic_write_text
+from pipeline import report
+from pipeline.io import atomic_write_text, replace_dir
 
 metrics = json.loads((ROOT / "reports" / "metrics.json").read_text())
-lines = ["# Results", ""]
+choices = json.loads((ROOT / "reports" / "fusion.json").read_text())
+tmp = ROOT / "reports" / "plots.tmp"
+shutil.rmtree(tmp, ignore_errors=True)
+tmp.mkdir(parents=True)
 for dataset, by_model in metrics.items():
-    lines += [f"## {dataset}", "", "| model | zero-shot top-1 (%) | modality gap |", "|---|---|---|"]
     for model, m in by_model.items():
-        lines.append(f"| {model} | {m['zeroshot']['test_acc']:.2f} | {m['modality_gap']:.3f} |")
-    lines.append("")
-atomic_write_text(ROOT / "reports" / "summary.md", "\n".join(lines))
+        (tmp / f"{dataset}-{model}.csv").write_text(report.to_csv(report.plot_rows(m)))
+replace_dir(tmp, ROOT / "reports" / "plots")
+atomic_write_text(ROOT / "reports" / "summary.md", report.summary(metrics, choices))

@@ -72,23 +72,27 @@ def test_unknown_dataset_and_missing_split_file(tmp_path):
         datasets.coop_manifest("eurosat", tmp_path)
 
 
-def test_shapes_files_equal_the_demo_trainers_images(tmp_path):
-    manifest = datasets.write_shapes(tmp_path, seed=3, per_class={"train": 2, "val": 1, "test": 1})
+@pytest.mark.parametrize("blur", [0.0, 1.0])
+def test_shapes_files_are_the_demo_trainers_scenes_through_the_camera(tmp_path, blur):
+    from PIL import Image, ImageFilter
+    manifest = datasets.write_shapes(tmp_path, seed=3, per_class={"train": 2, "val": 1, "test": 1}, blur=blur)
     assert manifest["label"].nunique() == 36 and len(manifest) == 36 * 4
     images, labels = demo.render_split(3, "train", 72)
-    from PIL import Image
     train = manifest[manifest.split == "train"]
     for i in (0, 41, 71):
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / train.path.iloc[i])),
-                                      images[i].permute(1, 2, 0).numpy())
+        sharp = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+        expected = sharp.filter(ImageFilter.GaussianBlur(blur)) if blur else sharp
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / train.path.iloc[i])), np.asarray(expected))
     assert train["label"].tolist() == labels.tolist()
 
 
 @pytest.mark.parametrize("section, message", [
     ({"data": {"x": {"kind": "coop", "name": "eurosat", "root": 3}}}, "'data.x.root' = 3 should be str"),
     ({"data": {"x": {"kind": "tiff"}}}, "'data.x.kind' = 'tiff' should be one of"),
-    ({"data": {"x": {"kind": "shapes", "seed": 0, "per_class": {"train": 0, "val": 1, "test": 1}}}},
+    ({"data": {"x": {"kind": "shapes", "seed": 0, "blur": 0, "per_class": {"train": 0, "val": 1, "test": 1}}}},
      "'data.x.per_class.train' = 0 should be >= 1"),
+    ({"data": {"x": {"kind": "shapes", "seed": 0, "blur": "soft", "per_class": {"train": 1, "val": 1, "test": 1}}}},
+     "'data.x.blur' = 'soft' should be int or float"),
     ({"data": {"y": {}}}, "no entry 'x' under 'data'"),
 ])
 def test_bad_dataset_params(section, message):

@@ -1,0 +1,286 @@
+"""Retrieval variants as feature transforms before indexing (METHODS.md §5.3, §9.1, §9.2).
+
+Protocol (Cross-the-Gap / IsoCLIP on the CoOp datasets): query = test split, gallery = train split,
+relevant = same label; or leave-one-out, where query set = gallery set and each query's own item is
+removed from its ranking by item id. Every variant turns cached arrays into a ``Task`` (query and
+gallery vectors, labels, ids), which ``pipeline.retrieval.evaluate`` ranks exactly (L2-normalised
+float32, inner product, full ranking in bounded query chunks).
+
+| variant            | query                                   | gallery                                  |
+|--------------------|-----------------------------------------|------------------------------------------|
+| i2i                | projected image f                       | projected image f                        |
+| i2i_isoclip        | x_v U_k U_k^T W_img                     | same transform                           |
+| i2i_bridge_query   | SeMoBridge bridge f̂ of f               | projected image f                        |
+| i2i_bridge_both    | f̂                                      | f̂                                       |
+| i2t                | projected image f                       | C class prompt prototypes (R@1 = zero-shot accuracy) |
+| t2t                | projected prompt t, every (class, prompt), leave-one-out | same set              |
+| t2t_isoclip        | e V_k V_k^T W_txt, leave-one-out        | same set                                 |
+
+Transforms reuse ``pipeline.methods.isoclip`` and ``pipeline.methods.semobridge``; all linear algebra
+is float32 torch on the caller's device. Nothing here knows about DVC or files.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.features import MODEL_KEYS, Features
+from pipeline.methods import isoclip, semobridge, zeroshot
+from pipeline.params import ParamsError, need
+from pipeline.retrieval import evaluate
+
+VARIANTS = {
+    "i2i": "image -> image, projected features (intra-modal baseline)",
+    "i2i_isoclip": "image -> image, IsoCLIP: pre-projection x_v U_k U_k^T W_img on both sides",
+    "i2i_bridge_query": "image -> image, SeMoBridge-bridged query vs projected gallery",
+    "i2i_bridge_both": "image -> image, SeMoBridge bridge on both sides",
+    "i2t": "image -> text, query images vs class prompt prototypes (R@1 = zero-shot accuracy)",
+    "t2t": "text -> text, projected prompt embeddings, leave-one-out over (class, prompt)",
+    "t2t_isoclip": "text -> text, IsoCLIP text side e V_k V_k^T W_txt, leave-one-out over (class, prompt)",
+}
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+class VariantSkipped(Exception):
+    """A variant does not apply to these features (the message says why); the report records it."""
+
+
+@dataclass
+class Config:
+    """Validated `retrieval` section plus the `methods.isoclip` / `methods.semobridge.atol` keys it uses."""
+    query: list[str]
+    gallery: list[str]
+    leave_one_out: bool
+    ks: list[int]
+    variants: list[str]
+    isoclip: dict | None = None        # {"k_top", "k_bottom"} for this arch (image side)
+    isoclip_text: dict | None = None   # {"k_top", "k_bottom"} for this arch (text side)
+    atol: float | None = None
+
+
+@dataclass
+class Task:
+    """One retrieval problem: rows of ``query`` are ranked against rows of ``gallery``."""
+    query: np.ndarray
+    query_labels: np.ndarray
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    query_ids: np.ndarray | None = None
+    gallery_ids: np.ndarray | None = None
+    leave_one_out: bool = False
+    # Galleries of class prototypes / prompts are small: ks beyond them are dropped, not an error.
+    clamp_ks: bool = False
+    info: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def config(params: dict, arch: str) -> Config:
+    """Validate `retrieval` (and, for the variants that need them, `methods.isoclip.<arch>`,
+    `retrieval.isoclip_text.<arch>` and `methods.semobridge.atol`); raises ParamsError naming the key."""
+    sec = need(params, "retrieval", dict, "")
+    splits = {}
+    for key in ("query", "gallery"):
+        value = need(sec, key, list, "retrieval")
+        if not value or len(set(value)) != len(value) or any(s not in SPLITS for s in value):
+            raise ParamsError(f"params.yaml: 'retrieval.{key}' = {value!r} should be a non-empty list of "
+                              f"distinct splits from {sorted(SPLITS)}")
+        splits[key] = value
+    loo = need(sec, "leave_one_out", bool, "retrieval")
+    shared = set(splits["query"]) & set(splits["gallery"])
+    if loo and set(splits["query"]) != set(splits["gallery"]):
+        raise ParamsError(f"params.yaml: 'retrieval.leave_one_out' is true, so the query set must be the gallery "
+                          f"set, but 'retrieval.query' = {splits['query']} and 'retrieval.gallery' = "
+                          f"{splits['gallery']}")
+    if not loo and shared:
+        raise ParamsError(f"params.yaml: 'retrieval.query' and 'retrieval.gallery' share {sorted(shared)}: every "
+                          f"such query would find itself; set 'retrieval.leave_one_out: true' or use disjoint splits")
+    ks = need(sec, "ks", list, "retrieval")
+    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ParamsError(f"params.yaml: 'retrieval.ks' = {ks!r} should be a non-empty list of positive ints")
+    variants = need(sec, "variants", list, "retrieval")
+    bad = [v for v in variants if v not in VARIANTS]
+    if not variants or bad or len(set(variants)) != len(variants):
+        raise ParamsError(f"params.yaml: 'retrieval.variants' = {variants!r} should be distinct names from "
+                          f"{list(VARIANTS)}")
+    cfg = Config(splits["query"], splits["gallery"], loo, sorted(set(ks)), variants)
+    if "i2i_isoclip" in variants:
+        cfg.isoclip = _iso_k(need(need(params, "methods", dict, ""), "isoclip", dict, "methods"),
+                             arch, "methods.isoclip", "i2i_isoclip")
+    if "t2t_isoclip" in variants:
+        cfg.isoclip_text = _iso_k(need(sec, "isoclip_text", dict, "retrieval"), arch, "retrieval.isoclip_text",
+                                  "t2t_isoclip")
+    if any(v.startswith("i2i_bridge") for v in variants):
+        semo = need(need(params, "methods", dict, ""), "semobridge", dict, "methods")
+        cfg.atol = float(need(semo, "atol", (int, float), "methods.semobridge", minimum=0))
+    return cfg
+
+
+def _iso_k(table: dict, arch: str, where: str, variant: str) -> dict:
+    if arch not in table:
+        raise ParamsError(f"params.yaml: no '{where}.{arch}' (k_top, k_bottom) for architecture '{arch}' "
+                          f"(known: {sorted(table)}); add it or drop '{variant}' from retrieval.variants")
+    return {k: need(table[arch], k, int, f"{where}.{arch}", minimum=0) for k in ("k_top", "k_bottom")}
+
+
+def split_rows(split: np.ndarray, names: list[str], role: str) -> np.ndarray:
+    """Row indices whose split code is one of ``names``; ValueError when that set is empty."""
+    rows = np.flatnonzero(np.isin(split, [SPLITS[n] for n in names]))
+    if len(rows) == 0:
+        raise ValueError(f"the {role} set (splits {names}) is empty for these features")
+    return rows
+
+
+def check_same_model(query: Features, gallery: Features) -> None:
+    """Refuse query and gallery features that come from different models (or precisions)."""
+    if query is gallery:
+        return
+    keys = MODEL_KEYS + ("precision",)
+    diff = [k for k in keys if query.provenance.get(k) != gallery.provenance.get(k)]
+    if diff:
+        raise ValueError("query and gallery features come from different models: "
+                         + "; ".join(f"{k}: {query.provenance.get(k)!r} vs {gallery.provenance.get(k)!r}"
+                                     for k in diff))
+    for name in ("W_img", "W_txt"):
+        a, b = getattr(query, name), getattr(gallery, name)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise ValueError(f"query and gallery features have different {name} ({a.shape} vs {b.shape}): "
+                             "they come from different models")
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def isoclip_projectors(W_img: torch.Tensor, W_txt: torch.Tensor, k_top: int, k_bottom: int,
+                       b_img: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """IsoCLIP's modified projectors (U_k U_k^T W_img (d_v, D), V_k V_k^T W_txt (d_t, D)), one SVD of Psi.
+
+    Image side: raw pre-projection x_v @ the first; text side: raw EOS e @ the second (METHODS.md §5.3).
+    """
+    U_k, V_k = isoclip.iso_basis(W_img, W_txt, k_top, k_bottom, b_img)
+    return isoclip.iso_image_projector(W_img, U_k), isoclip.iso_text_projector(W_txt, V_k)
+
+
+def bridged(emb: torch.Tensor, W_txt: torch.Tensor, text_pre: torch.Tensor, atol: float) -> torch.Tensor:
+    """(N, D) raw projected image embeddings -> (N, D) SeMoBridge bridge s * norm(f P) @ W_txt (§3.2)."""
+    P = semobridge.bridge_matrix(W_txt, atol)
+    return semobridge.bridge(emb, P, W_txt, semobridge.text_scale(text_pre))
+
+
+def prompt_prototypes(text_emb: torch.Tensor) -> torch.Tensor:
+    """(C, P, D) raw projected prompts -> (C, D) unit class prototypes (the zero-shot classifier)."""
+    return zeroshot.class_prototypes(text_emb)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Features, gallery_rows: np.ndarray,
+          cfg: Config, device: str = "cpu") -> Task:
+    """The ``Task`` of one variant; query/gallery rows index their Features' image arrays.
+
+    Text variants (t2t*) ignore the image rows: their query set is every (class, prompt) of the
+    gallery features' text, ranked leave-one-out. Raises VariantSkipped when the variant does not
+    apply (t2t with one prompt per class, IsoCLIP with an affine image projection), ValueError for
+    features from different models.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown retrieval variant {variant!r}; known: {list(VARIANTS)}")
+    check_same_model(query, gallery)
+    t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+    out = lambda x: x.cpu().numpy()
+    q_lab, g_lab = query.label[query_rows], gallery.label[gallery_rows]
+    ids = {}
+    if cfg.leave_one_out:
+        ids = {"query_ids": query.item[query_rows], "gallery_ids": gallery.item[gallery_rows]}
+    W_img, W_txt = t(gallery.W_img), t(gallery.W_txt)
+
+    if variant == "i2i":
+        return Task(query.emb[query_rows], q_lab, gallery.emb[gallery_rows], g_lab,
+                    leave_one_out=cfg.leave_one_out, **ids)
+    if variant == "i2i_isoclip":
+        if gallery.b_img is not None and np.any(gallery.b_img != 0):
+            raise VariantSkipped("IsoCLIP needs a bias-free linear image projection (ViT visual.proj); this model's "
+                                 "projection is affine (ResNet attnpool.c_proj)")
+        k = cfg.isoclip
+        W_iso, _ = isoclip_projectors(W_img, W_txt, k["k_top"], k["k_bottom"])
+        q, g = out(t(query.pre[query_rows]) @ W_iso), out(t(gallery.pre[gallery_rows]) @ W_iso)
+        return Task(q, q_lab, g, g_lab, leave_one_out=cfg.leave_one_out, info=iso_info(W_img, W_txt, **k), **ids)
+    if variant in ("i2i_bridge_query", "i2i_bridge_both"):
+        text_pre = t(gallery.text_pre)
+        q = out(bridged(t(query.emb[query_rows]), W_txt, text_pre, cfg.atol))
+        g = gallery.emb[gallery_rows]
+        if variant == "i2i_bridge_both":
+            g = out(bridged(t(g), W_txt, text_pre, cfg.atol))
+        n_cut = semobridge.num_truncated(W_txt, cfg.atol)
+        info = {"atol": cfg.atol, "n_sigma_le_atol": n_cut, "n_sigma": min(W_txt.shape),
+                "direction_preserving": n_cut == 0}
+        return Task(q, q_lab, g, g_lab, leave_one_out=cfg.leave_one_out, info=info, **ids)
+    if variant == "i2t":
+        protos = out(prompt_prototypes(t(gallery.text_emb)))
+        return Task(query.emb[query_rows], q_lab, protos, np.arange(len(protos)), clamp_ks=True)
+
+    # text -> text over every (class, prompt) of the gallery's text features
+    n_cls, n_prompts = gallery.text_emb.shape[:2]
+    if n_prompts < 2:
+        raise VariantSkipped(f"text -> text needs >= 2 prompts per class to have relevant items; these features "
+                             f"have {n_prompts} (add templates to text.templates)")
+    if variant == "t2t":
+        vecs, info = gallery.text_emb.reshape(n_cls * n_prompts, -1), {}
+    else:
+        k = cfg.isoclip_text
+        _, W_iso = isoclip_projectors(W_img, W_txt, k["k_top"], k["k_bottom"])
+        vecs = out(t(gallery.text_pre) @ W_iso)
+        vecs, info = vecs.reshape(n_cls * n_prompts, -1), iso_info(W_img, W_txt, **k)
+    labels = np.repeat(np.arange(n_cls), n_prompts)
+    ids = np.arange(len(vecs))
+    return Task(vecs, labels, vecs, labels, query_ids=ids, gallery_ids=ids, leave_one_out=True, clamp_ks=True,
+                info=info)
+
+
+def iso_info(W_img: torch.Tensor, W_txt: torch.Tensor, k_top: int, k_bottom: int) -> dict:
+    """The kept band [k_top, r - k_bottom) of Psi's singular directions, and how many are nonzero.
+
+    r = min(d_v, d_t); when D < r (the demo model) Psi has rank <= D and the last r - rank directions
+    are null ones that carry nothing, so k_bottom must count them to cut real directions.
+    """
+    s = torch.linalg.svdvals((W_img @ W_txt.T).double())
+    r = len(s)
+    rank = int((s > s[0] * r * torch.finfo(torch.float32).eps).sum())
+    stop = r - k_bottom
+    return {"k_top": k_top, "k_bottom": k_bottom, "r": r, "rank_psi": rank, "kept": [k_top, stop],
+            "kept_nonzero": max(0, min(stop, rank) - k_top)}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def run(task: Task, ks: list[int], *, chunk: int = 1024, device: str | None = None) -> dict:
+    """``evaluate`` on a task, plus which query classes have no relevant gallery item (skipped, counted).
+
+    Returns the metrics (×100) with ``n_queries`` / ``n_skipped_no_relevant``; ``skipped_classes`` (labels
+    of skipped queries) when any were skipped; ``ks_dropped`` when a prototype/prompt gallery is smaller
+    than some k (those R@k are left out). Raises ValueError on bad features or k > an image gallery.
+    """
+    n_avail = len(task.gallery) - task.leave_one_out
+    used = [k for k in ks if k <= n_avail] if task.clamp_ks else list(ks)
+    if not used:
+        raise ValueError(f"every k in {ks} exceeds the gallery of {n_avail} items")
+    res = evaluate(task.query, task.query_labels, task.gallery, task.gallery_labels,
+                   query_ids=task.query_ids, gallery_ids=task.gallery_ids, leave_one_out=task.leave_one_out,
+                   ks=used, chunk=chunk, device=device)
+    if len(used) < len(ks):
+        res["ks_dropped"] = [k for k in ks if k not in used]
+    if res["n_skipped_no_relevant"]:
+        res["skipped_classes"] = _classes_without_relevant(task)
+    return res
+
+
+def _classes_without_relevant(task: Task) -> list:
+    gl, counts = np.unique(task.gallery_labels, return_counts=True)
+    have = dict(zip(gl.tolist(), counts.tolist()))
+    need_n = 2 if task.leave_one_out else 1  # under leave-one-out the query's own item does not count
+    # (with leave-one-out the query set is the gallery set, so a singleton class has nothing left)
+    return sorted({int(c) for c in np.unique(task.query_labels) if have.get(int(c), 0) < need_n})
