@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-.PHONY: setup repro test bench
+.PHONY: setup repro test
 setup: $(STAMP)
 
 repro: $(STAMP)
@@ -18,5 +18,3 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) -m bench.run
