@@ -167,9 +167,13 @@ def main() -> None:
     runs += [("i2i", "chunked", c, nq) for c in (args.chunk // 4, args.chunk * 4)]
     runs += [("i2i", "chunked", args.chunk, nq // 4)]
     with tempfile.TemporaryDirectory() as tmp:
+        skipped = []
         if args.repo:
             described = export_store(args.repo.resolve(), args.model, args.dataset, Path(tmp))
             nq = int((np.load(Path(tmp) / "split.npy") == 2).sum())
+            if np.load(Path(tmp) / "text_pre.npy").shape[1] < 2:   # text->text has no relevant items
+                skipped = [v for v in VARIANTS if v.startswith("t2t")]
+            runs = [(v, impl, c, n if n != args.queries else nq) for v, impl, c, n in runs if v not in skipped]
         else:
             make_data(Path(tmp), nq, ng)
             described = (f"synthetic Gaussian, EuroSAT shapes: {nq} queries x {ng} gallery, {N_CLS} classes, "
@@ -185,7 +189,7 @@ def main() -> None:
     write_result("retrieval" + (f"-{args.model}-{args.dataset}" if args.repo else ""), {
         "features": described,
         "device": "cpu", "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "chunk": args.chunk, "ks": KS,
+        "chunk": args.chunk, "ks": KS, "skipped_variants": skipped,
         "runs": results,
         "i2i_naive_over_chunked": {"eval_s": round(naive["eval_s"] / base["eval_s"], 3),
                                    "eval_rss_growth": round(naive["eval_rss_growth_mib"]
