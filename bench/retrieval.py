@@ -162,10 +162,6 @@ def main() -> None:
     from pipeline.retrieval_variants import VARIANTS
 
     nq, ng = (args.queries // 10, args.gallery // 10) if args.quick else (args.queries, args.gallery)
-    runs = [(v, "chunked", args.chunk, nq) for v in VARIANTS]
-    runs += [("i2i", "naive", 0, nq), ("i2i", "naive", 0, nq // 4), ("i2i", "faiss", args.chunk, nq)]
-    runs += [("i2i", "chunked", c, nq) for c in (args.chunk // 4, args.chunk * 4)]
-    runs += [("i2i", "chunked", args.chunk, nq // 4)]
     with tempfile.TemporaryDirectory() as tmp:
         skipped = []
         if args.repo:
@@ -173,11 +169,14 @@ def main() -> None:
             nq = int((np.load(Path(tmp) / "split.npy") == 2).sum())
             if np.load(Path(tmp) / "text_pre.npy").shape[1] < 2:   # text->text has no relevant items
                 skipped = [v for v in VARIANTS if v.startswith("t2t")]
-            runs = [(v, impl, c, n if n != args.queries else nq) for v, impl, c, n in runs if v not in skipped]
         else:
             make_data(Path(tmp), nq, ng)
             described = (f"synthetic Gaussian, EuroSAT shapes: {nq} queries x {ng} gallery, {N_CLS} classes, "
                          f"d_v {D_V}, D {D}, d_t {D_T}, {PROMPTS} prompts/class")
+        runs = [(v, "chunked", args.chunk, nq) for v in VARIANTS if v not in skipped]
+        runs += [("i2i", "naive", 0, nq), ("i2i", "naive", 0, nq // 4), ("i2i", "faiss", args.chunk, nq)]
+        runs += [("i2i", "chunked", c, nq) for c in (args.chunk // 4, args.chunk * 4)]
+        runs += [("i2i", "chunked", args.chunk, nq // 4)]
         results = []
         for variant, impl, chunk, n in runs:
             r = run_child("bench.retrieval", "--child", tmp, variant, impl, str(chunk), str(n))
