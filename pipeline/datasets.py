@@ -14,8 +14,8 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import shapes
+from pipeline.layout import SPLITS
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ["item", "path", "label", "classname", "split"]
 
 
@@ -38,7 +38,6 @@ COOP = {
     "sun397": CoOpDataset("split_zhou_SUN397.json", "SUN397", "a photo of a {}."),
     "ucf101": CoOpDataset("split_zhou_UCF101.json", "UCF-101-midframes", "a photo of a person doing {}."),
 }
-KINDS = ("coop", "shapes")
 
 
 class DatasetError(ValueError):
@@ -58,19 +57,53 @@ def coop_manifest(name: str, root: Path) -> pd.DataFrame:
     split_path = Path(root) / info.split_file
     if not split_path.is_file():
         raise DatasetError(f"split file {split_path} not found (data root '{root}' for dataset '{name}')")
-    splits = json.loads(split_path.read_text())
+    splits = _read_splits(split_path)
     rows = []
     for split in SPLITS:
         if split not in splits:
             raise DatasetError(f"{split_path}: no '{split}' list (expected keys {SPLITS})")
-        for entry in splits[split]:
-            rel, label, classname = entry
+        if not isinstance(splits[split], list):
+            raise DatasetError(f"{split_path}: '{split}' should be a list of [relative path, integer label, "
+                               f"class name], not {type(splits[split]).__name__}")
+        for i, entry in enumerate(splits[split]):
+            rel, label, classname = _check_entry(entry, f"{split_path}: {split}[{i}]")
             path = f"{info.image_dir}/{rel}" if info.image_dir else rel
-            rows.append((path, int(label), classname.replace("_", " "), split))
+            rows.append((path, label, classname.replace("_", " "), split))
     manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
     manifest.insert(0, "item", range(len(manifest)))
     check_labels(manifest, str(split_path))
     return manifest
+
+
+SPLIT_FORMAT = "expected CoOp's split_zhou_*.json with 'train', 'val', 'test' lists of [path, label, classname]"
+
+
+def _read_splits(split_path: Path) -> dict:
+    """The split file's top-level object; a broken or truncated download gets a DatasetError, not a traceback."""
+    try:
+        splits = json.loads(split_path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{split_path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                           f"{SPLIT_FORMAT}") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{split_path}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start}); "
+                           f"{SPLIT_FORMAT}") from None
+    if not isinstance(splits, dict):
+        raise DatasetError(f"{split_path}: top level should be an object, not {type(splits).__name__}; {SPLIT_FORMAT}")
+    return splits
+
+
+def _check_entry(entry, where: str) -> tuple[str, int, str]:
+    """One `[relative path, integer label, class name]` entry; `where` names file, split and index."""
+    if not isinstance(entry, list) or len(entry) != 3:
+        raise DatasetError(f"{where} = {entry!r} should be [relative path, integer label, class name]")
+    rel, label, classname = entry
+    # CoOp stores plain ints; bool is an int subclass and "3" or 3.0 would hide a broken file.
+    if type(label) is not int or label < 0:
+        raise DatasetError(f"{where} = {entry!r}: label {label!r} should be a non-negative integer")
+    if not (isinstance(rel, str) and rel and isinstance(classname, str) and classname):
+        raise DatasetError(f"{where} = {entry!r}: path and class name should be non-empty strings")
+    return rel, label, classname
 
 
 def check_labels(manifest: pd.DataFrame, source: str) -> None:

@@ -1,4 +1,4 @@
-"""Few-shot draws on disk: the `fewshot` params section, fewshot.json, and draws -> feature rows.
+"""Few-shot draws on disk: fewshot.json, and draws -> feature rows.
 
 fewshot.json = {"manifest_sha256": ..., "dataset": ..., "shots": [...], "seeds": [...], "val": "full"|"coop",
 "repeat": bool, "draws": `pipeline.fewshot.draw_fewshot` output}. The manifest digest ties the draws to the
@@ -11,45 +11,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.fewshot import VAL_PROTOCOLS, draw_fewshot, fewshot_key
-from pipeline.io import atomic_write_json
-from pipeline.params import ParamsError, need
+from pipeline.config import Fewshot
+from pipeline.fewshot import draw_fewshot
+from pipeline.layout import draw_key
 
 
 class DrawsError(ValueError):
     """fewshot.json is missing, malformed, or was drawn on another manifest than the features."""
 
 
-def _int_list(section: dict, key: str) -> list[int]:
-    value = need(section, key, list, "fewshot")
-    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value) \
-            or len(set(value)) != len(value):
-        raise ParamsError(f"params.yaml: 'fewshot.{key}' = {value!r} should be a non-empty list of distinct "
-                          f"positive ints (e.g. [1, 2, 4, 8, 16])")
-    return sorted(value)
-
-
-def fewshot_section(params: dict) -> dict:
-    """Validated `fewshot`: shots, seeds (lists of positive ints), val ('full'|'coop'), repeat (bool)."""
-    section = need(params, "fewshot", dict, "")
-    return {"shots": _int_list(section, "shots"), "seeds": _int_list(section, "seeds"),
-            "val": need(section, "val", str, "fewshot", choices=VAL_PROTOCOLS),
-            "repeat": need(section, "repeat", bool, "fewshot")}
-
-
-def make(manifest: pd.DataFrame, dataset: dict, cfg: dict) -> dict:
+def make(manifest: pd.DataFrame, dataset: dict, cfg: Fewshot) -> dict:
     """Every (shots, seed) draw of `cfg` (CoOp's rule), with the manifest's digest."""
     if not (manifest["split"] == "val").any():
         raise DrawsError(f"dataset '{dataset['name']}' has no val split to choose weights on")
     try:
-        draws = draw_fewshot(manifest, cfg["shots"], cfg["seeds"], cfg["val"], cfg["repeat"])
+        draws = draw_fewshot(manifest, list(cfg.shots), list(cfg.seeds), cfg.val, cfg.repeat)
     except ValueError as exc:
         raise DrawsError(f"dataset '{dataset['name']}': {exc} (params.yaml 'fewshot.repeat')") from None
-    return {"dataset": dataset["name"], "manifest_sha256": dataset["manifest_sha256"], **cfg, "draws": draws}
-
-
-def write(path: Path, fewshot: dict) -> None:
-    atomic_write_json(path, fewshot)
+    return {"dataset": dataset["name"], "manifest_sha256": dataset["manifest_sha256"], "shots": list(cfg.shots),
+            "seeds": list(cfg.seeds), "val": cfg.val, "repeat": cfg.repeat, "draws": draws}
 
 
 def load(path: Path, manifest_sha256: str) -> dict:
@@ -62,7 +42,7 @@ def load(path: Path, manifest_sha256: str) -> dict:
     if found != manifest_sha256:
         raise DrawsError(f"{path} was drawn on manifest {found!r} but the features come from manifest "
                          f"{manifest_sha256!r}; re-run `dvc repro` so draws and features agree")
-    expected = {fewshot_key(k, s) for k in fewshot["shots"] for s in fewshot["seeds"]}
+    expected = {draw_key(k, s) for k in fewshot["shots"] for s in fewshot["seeds"]}
     if set(fewshot["draws"]) != expected:
         raise DrawsError(f"{path}: draws {sorted(fewshot['draws'])} do not match shots x seeds")
     return fewshot

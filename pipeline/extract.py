@@ -14,11 +14,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pipeline.layout import SPLIT_CODES
 from pipeline.models import LoadedModel
 from pipeline.store import SHARD_ROWS, ShardedWriter, write_store
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}   # keys: config.PRECISIONS
 
 
 class ImageFiles(Dataset):
@@ -40,9 +40,9 @@ class ImageFiles(Dataset):
 
 
 def _autocast(device: str, precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision '{precision}' is not one of {sorted(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    if precision not in DTYPES:
+        raise ValueError(f"precision '{precision}' is not one of {sorted(DTYPES)}")
+    dtype = DTYPES[precision]
     return nullcontext() if dtype is None else torch.autocast(device_type=device, dtype=dtype)
 
 

@@ -1,6 +1,6 @@
 """Seeded few-shot draws following CoOp/Dassl's rule (METHODS.md §2.2).
 
-The result of `draw_fewshot` is a JSON-serialisable dict keyed by `fewshot_key(K, S)`
+The result of `draw_fewshot` is a JSON-serialisable dict keyed by `pipeline.layout.draw_key(K, S)`
 ("shot_K-seed_S", CoOp's cache slug):
 
     {"shot_16-seed_1": {"shots": 16, "seed": 1, "train": [item ids], "val": [item ids]}, ...}
@@ -16,14 +16,11 @@ from collections import defaultdict
 
 import pandas as pd
 
-VAL_PROTOCOLS = ("full", "coop")
+from pipeline.config import VAL_PROTOCOLS
+from pipeline.layout import draw_key
+
 _COOP_VAL_SHOTS = 4
 _REQUIRED_COLUMNS = ("item", "label", "classname", "split")
-
-
-def fewshot_key(shots: int, seed: int) -> str:
-    """Key of one draw in `draw_fewshot`'s result, e.g. "shot_16-seed_1"."""
-    return f"shot_{shots}-seed_{seed}"
 
 
 def _positive_int_list(value, name: str) -> list[int]:
@@ -106,5 +103,5 @@ def draw_fewshot(
                 val_ids = _sample_per_class(rng, val, min(k, _COOP_VAL_SHOTS), repeat, "val")
             else:
                 val_ids = [int(i) for i in val["item"]]
-            draws[fewshot_key(k, seed)] = {"shots": k, "seed": seed, "train": train_ids, "val": val_ids}
+            draws[draw_key(k, seed)] = {"shots": k, "seed": seed, "train": train_ids, "val": val_ids}
     return draws

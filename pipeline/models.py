@@ -13,10 +13,8 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import VisionTransformer
 
 from pipeline import __version__, demo
+from pipeline.config import MODEL_SOURCES, Model
 from pipeline.io import atomic_write_json, sha256_file
-
-SOURCES = ("demo", "random", "pretrained", "checkpoint")
-
 
 class ModelError(ValueError):
     """A model entry cannot be built or loaded as asked."""
@@ -56,36 +54,35 @@ def _from_checkpoint(arch: str, path: str) -> torch.nn.Module:
     return model
 
 
-def build(entry: dict, train_data=None, progress: bool = True) -> torch.nn.Module:
+def build(entry: Model, train_data=None, progress: bool = True) -> torch.nn.Module:
     """Build the model a zoo entry describes; `train_data` = (images, labels) for `demo`."""
-    arch, source = entry["arch"], entry["source"]
-    _check_arch(arch)
-    if source == "pretrained":
-        return _pretrained(arch, entry["tag"])
-    if source == "checkpoint":
-        return _from_checkpoint(arch, entry["path"])
-    if source == "random":
-        torch.manual_seed(entry.get("seed", 0))
-        return open_clip.create_model(arch, pretrained=None)
-    if source == "demo":
-        return demo.train(demo.DemoRecipe(**entry.get("train", {})), *train_data, progress=progress)
-    raise ModelError(f"model source '{source}' is not one of {SOURCES}")
+    _check_arch(entry.arch)
+    if entry.source == "pretrained":
+        return _pretrained(entry.arch, entry.tag)
+    if entry.source == "checkpoint":
+        return _from_checkpoint(entry.arch, entry.path)
+    if entry.source == "random":
+        torch.manual_seed(entry.seed)
+        return open_clip.create_model(entry.arch, pretrained=None)
+    if entry.source == "demo":
+        return demo.train(demo.DemoRecipe(**entry.train), *train_data, progress=progress)
+    raise ModelError(f"model source '{entry.source}' is not one of {MODEL_SOURCES}")
 
 
-def save(model: torch.nn.Module, entry: dict, out_dir: Path) -> dict:
+def save(model: torch.nn.Module, entry: Model, out_dir: Path) -> dict:
     """Write `model.pt` (state dict) and `card.json`; return the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "model.pt.tmp"
     torch.save(model.state_dict(), tmp)
     tmp.replace(out_dir / "model.pt")
     card = {
-        "arch": entry["arch"],
-        "source": entry["source"],
-        "tag": entry.get("tag"),
-        "path": entry.get("path"),
+        "arch": entry.arch,
+        "source": entry.source,
+        "tag": entry.tag,
+        "path": entry.path,
         "checkpoint_sha256": sha256_file(out_dir / "model.pt"),
         "open_clip_version": open_clip.__version__,
-        "quick_gelu": bool(open_clip.get_model_config(entry["arch"]).get("quick_gelu", False)),
+        "quick_gelu": bool(open_clip.get_model_config(entry.arch).get("quick_gelu", False)),
         "preprocess": dict(model.visual.preprocess_cfg),
         "n_params": sum(p.numel() for p in model.parameters()),
         "project_version": __version__,

@@ -1,13 +1,12 @@
-"""reports/summary.md and reports/plots/*.csv from reports/metrics.json and reports/fusion.json."""
+"""reports/summary.md and reports/plots/*.csv from reports/metrics.json and reports/fusion.json.
+
+Method names, labels, fusion weights and the knobs shown come from the registry (`pipeline.methods`).
+"""
 
 import csv
 import io
 
-LABELS = {"zeroshot": "Zero-shot CLIP", "ncm": "NCM", "isoncm": "IsoCLIP-NCM", "tip": "Tip-Adapter",
-          "ape": "APE", "semobridge": "SeMoBridge"}
-WEIGHT_KEYS = {"tip": ("alpha",), "ape": ("alpha",), "semobridge": ("lambda1", "lambda2", "lambda3")}
-ADAPT_KEYS = {"tip": ("beta",), "ape": ("beta", "gamma", "channels"),
-              "semobridge": ("smoothness", "alpha", "beta", "gamma", "shots_per_class")}
+from pipeline.methods import REGISTRY
 
 
 def _shots(m: dict) -> list[int]:
@@ -17,7 +16,7 @@ def _shots(m: dict) -> list[int]:
 
 
 def _methods(m: dict) -> list[str]:
-    return [k for k in LABELS if k in m]
+    return [k for k in REGISTRY if k in m]
 
 
 def plot_rows(m: dict) -> list[dict]:
@@ -26,17 +25,22 @@ def plot_rows(m: dict) -> list[dict]:
     rows = []
     for method in _methods(m):
         for k in shots:
-            if method == "zeroshot":
-                rows.append({"shots": k, "method": LABELS[method], "acc": m[method]["test_acc"], "std": 0.0})
+            label = REGISTRY[method].label
+            if not REGISTRY[method].per_draw:
+                rows.append({"shots": k, "method": label, "acc": m[method]["test_acc"], "std": 0.0})
             elif f"shots_{k}" in m[method]:
                 cell = m[method][f"shots_{k}"]
-                rows.append({"shots": k, "method": LABELS[method], "acc": cell["mean"], "std": cell["std"]})
+                rows.append({"shots": k, "method": label, "acc": cell["mean"], "std": cell["std"]})
     return rows
 
 
-def to_csv(rows: list[dict]) -> str:
+PLOT_FIELDS = ("shots", "method", "acc", "std")
+PER_SEED_FIELDS = ("dataset", "model", "method", "shots", "seed", "val_acc", "test_acc")
+
+
+def to_csv(rows: list[dict], fields=PLOT_FIELDS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["shots", "method", "acc", "std"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -58,15 +62,16 @@ def summary(metrics: dict, choices: dict) -> str:
                       "| method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
                       "|---|" + "---|" * len(shots)]
             for method in _methods(m):
-                if method == "zeroshot":
+                if not REGISTRY[method].per_draw:
                     cells = [f"{m[method]['test_acc']:.2f}"] * len(shots)
                 else:
                     cells = [f"{m[method][f'shots_{k}']['mean']:.2f} ± {m[method][f'shots_{k}']['std']:.2f}"
                              if f"shots_{k}" in m[method] else "–" for k in shots]
-                lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+                lines.append(f"| {REGISTRY[method].label} | " + " | ".join(cells) + " |")
             sp = m["spectrum"]
+            cut = f", {sp['w_txt_n_le_atol']} σ <= atol {sp['bridge_atol']}" if "bridge_atol" in sp else ""
             lines += ["", f"Modality gap {m['modality_gap']:.3f}; W_txt σ in [{sp['w_txt_sigma_min']:.3g}, "
-                      f"{sp['w_txt_sigma_max']:.3g}], {sp['w_txt_n_le_atol']} σ <= atol {sp['bridge_atol']}; "
+                      f"{sp['w_txt_sigma_max']:.3g}]{cut}; "
                       f"Ψ = W_img W_txtᵀ has σ_max {sp['psi_sigma_max']:.3g}, rank {sp['psi_rank']}.", ""]
             lines += _weights_table(choices.get(dataset, {}).get(model, {}), max(shots) if shots else None)
     return "\n".join(lines) + "\n"
@@ -74,13 +79,14 @@ def summary(metrics: dict, choices: dict) -> str:
 
 def _weights_table(by_method: dict, shots: int | None) -> list[str]:
     rows = []
-    for method in (m for m in LABELS if m in by_method):
-        for key, pick in sorted(by_method[method].items()):
-            if not key.startswith(f"shot_{shots}-") or method not in WEIGHT_KEYS:
+    for name in (m for m in REGISTRY if m in by_method):
+        method = REGISTRY[name]
+        for key, pick in sorted(by_method[name].items()):
+            if not key.startswith(f"shot_{shots}-") or not method.weights:
                 continue
-            weights = ", ".join(f"{w}={_fmt(pick['weights'][w])}" for w in WEIGHT_KEYS[method])
-            knobs = ", ".join(f"{k}={_fmt(pick['adapt'][k])}" for k in ADAPT_KEYS[method] if k in pick.get("adapt", {}))
-            rows.append(f"| {LABELS[method]} | {key} | {weights} | {knobs} | {pick['val_acc']:.2f} | "
+            weights = ", ".join(f"{w}={_fmt(pick['weights'][w])}" for w in method.weights)
+            knobs = ", ".join(f"{k}={_fmt(pick['adapt'][k])}" for k in method.knobs if k in pick.get("adapt", {}))
+            rows.append(f"| {method.label} | {key} | {weights} | {knobs} | {pick['val_acc']:.2f} | "
                         f"{pick['test_acc']:.2f} |")
     if not rows:
         return []

@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline import metrics
+from pipeline.config import Retrieval
 from pipeline.features import MODEL_KEYS, Features
-from pipeline.methods import isoclip, semobridge, zeroshot
-from pipeline.params import ParamsError, need
+from pipeline.layout import SPLIT_CODES
+from pipeline.methods import isoclip, semobridge
+from pipeline.methods.cosine import class_prototypes
 from pipeline.retrieval import evaluate
 
 VARIANTS = {
@@ -39,24 +42,10 @@ VARIANTS = {
     "t2t": "text -> text, projected prompt embeddings, leave-one-out over (class, prompt)",
     "t2t_isoclip": "text -> text, IsoCLIP text side e V_k V_k^T W_txt, leave-one-out over (class, prompt)",
 }
-SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 class VariantSkipped(Exception):
     """A variant does not apply to these features (the message says why); the report records it."""
-
-
-@dataclass
-class Config:
-    """Validated `retrieval` section plus the `methods.isoclip` / `methods.semobridge.atol` keys it uses."""
-    query: list[str]
-    gallery: list[str]
-    leave_one_out: bool
-    ks: list[int]
-    variants: list[str]
-    isoclip: dict | None = None        # {"k_top", "k_bottom"} for this arch (image side)
-    isoclip_text: dict | None = None   # {"k_top", "k_bottom"} for this arch (text side)
-    atol: float | None = None
 
 
 @dataclass
@@ -74,60 +63,12 @@ class Task:
     info: dict = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------- params
-
-
-def config(params: dict, arch: str) -> Config:
-    """Validate `retrieval` (and, for the variants that need them, `methods.isoclip.<arch>`,
-    `retrieval.isoclip_text.<arch>` and `methods.semobridge.atol`); raises ParamsError naming the key."""
-    sec = need(params, "retrieval", dict, "")
-    splits = {}
-    for key in ("query", "gallery"):
-        value = need(sec, key, list, "retrieval")
-        if not value or len(set(value)) != len(value) or any(s not in SPLITS for s in value):
-            raise ParamsError(f"params.yaml: 'retrieval.{key}' = {value!r} should be a non-empty list of "
-                              f"distinct splits from {sorted(SPLITS)}")
-        splits[key] = value
-    loo = need(sec, "leave_one_out", bool, "retrieval")
-    shared = set(splits["query"]) & set(splits["gallery"])
-    if loo and set(splits["query"]) != set(splits["gallery"]):
-        raise ParamsError(f"params.yaml: 'retrieval.leave_one_out' is true, so the query set must be the gallery "
-                          f"set, but 'retrieval.query' = {splits['query']} and 'retrieval.gallery' = "
-                          f"{splits['gallery']}")
-    if not loo and shared:
-        raise ParamsError(f"params.yaml: 'retrieval.query' and 'retrieval.gallery' share {sorted(shared)}: every "
-                          f"such query would find itself; set 'retrieval.leave_one_out: true' or use disjoint splits")
-    ks = need(sec, "ks", list, "retrieval")
-    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
-        raise ParamsError(f"params.yaml: 'retrieval.ks' = {ks!r} should be a non-empty list of positive ints")
-    variants = need(sec, "variants", list, "retrieval")
-    bad = [v for v in variants if v not in VARIANTS]
-    if not variants or bad or len(set(variants)) != len(variants):
-        raise ParamsError(f"params.yaml: 'retrieval.variants' = {variants!r} should be distinct names from "
-                          f"{list(VARIANTS)}")
-    cfg = Config(splits["query"], splits["gallery"], loo, sorted(set(ks)), variants)
-    if "i2i_isoclip" in variants:
-        cfg.isoclip = _iso_k(need(need(params, "methods", dict, ""), "isoclip", dict, "methods"),
-                             arch, "methods.isoclip", "i2i_isoclip")
-    if "t2t_isoclip" in variants:
-        cfg.isoclip_text = _iso_k(need(sec, "isoclip_text", dict, "retrieval"), arch, "retrieval.isoclip_text",
-                                  "t2t_isoclip")
-    if any(v.startswith("i2i_bridge") for v in variants):
-        semo = need(need(params, "methods", dict, ""), "semobridge", dict, "methods")
-        cfg.atol = float(need(semo, "atol", (int, float), "methods.semobridge", minimum=0))
-    return cfg
-
-
-def _iso_k(table: dict, arch: str, where: str, variant: str) -> dict:
-    if arch not in table:
-        raise ParamsError(f"params.yaml: no '{where}.{arch}' (k_top, k_bottom) for architecture '{arch}' "
-                          f"(known: {sorted(table)}); add it or drop '{variant}' from retrieval.variants")
-    return {k: need(table[arch], k, int, f"{where}.{arch}", minimum=0) for k in ("k_top", "k_bottom")}
+# ----------------------------------------------------------------------------- rows and models
 
 
 def split_rows(split: np.ndarray, names: list[str], role: str) -> np.ndarray:
     """Row indices whose split code is one of ``names``; ValueError when that set is empty."""
-    rows = np.flatnonzero(np.isin(split, [SPLITS[n] for n in names]))
+    rows = np.flatnonzero(np.isin(split, [SPLIT_CODES[n] for n in names]))
     if len(rows) == 0:
         raise ValueError(f"the {role} set (splits {names}) is empty for these features")
     return rows
@@ -169,16 +110,11 @@ def bridged(emb: torch.Tensor, W_txt: torch.Tensor, text_pre: torch.Tensor, atol
     return semobridge.bridge(emb, P, W_txt, semobridge.text_scale(text_pre))
 
 
-def prompt_prototypes(text_emb: torch.Tensor) -> torch.Tensor:
-    """(C, P, D) raw projected prompts -> (C, D) unit class prototypes (the zero-shot classifier)."""
-    return zeroshot.class_prototypes(text_emb)
-
-
 # ----------------------------------------------------------------------------- tasks
 
 
 def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Features, gallery_rows: np.ndarray,
-          cfg: Config, device: str = "cpu") -> Task:
+          cfg: Retrieval, device: str = "cpu") -> Task:
     """The ``Task`` of one variant; query/gallery rows index their Features' image arrays.
 
     Text variants (t2t*) ignore the image rows: their query set is every (class, prompt) of the
@@ -205,21 +141,21 @@ def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Featur
             raise VariantSkipped("IsoCLIP needs a bias-free linear image projection (ViT visual.proj); this model's "
                                  "projection is affine (ResNet attnpool.c_proj)")
         k = cfg.isoclip
-        W_iso, _ = isoclip_projectors(W_img, W_txt, k["k_top"], k["k_bottom"])
+        W_iso, _ = isoclip_projectors(W_img, W_txt, k.k_top, k.k_bottom)
         q, g = out(t(query.pre[query_rows]) @ W_iso), out(t(gallery.pre[gallery_rows]) @ W_iso)
-        return Task(q, q_lab, g, g_lab, leave_one_out=cfg.leave_one_out, info=iso_info(W_img, W_txt, **k), **ids)
+        return Task(q, q_lab, g, g_lab, leave_one_out=cfg.leave_one_out, info=iso_info(gallery, k), **ids)
     if variant in ("i2i_bridge_query", "i2i_bridge_both"):
         text_pre = t(gallery.text_pre)
         q = out(bridged(t(query.emb[query_rows]), W_txt, text_pre, cfg.atol))
         g = gallery.emb[gallery_rows]
         if variant == "i2i_bridge_both":
             g = out(bridged(t(g), W_txt, text_pre, cfg.atol))
-        n_cut = semobridge.num_truncated(W_txt, cfg.atol)
+        n_cut = int((metrics.projection_spectra(gallery.W_img, gallery.W_txt)[0] <= cfg.atol).sum())
         info = {"atol": cfg.atol, "n_sigma_le_atol": n_cut, "n_sigma": min(W_txt.shape),
                 "direction_preserving": n_cut == 0}
         return Task(q, q_lab, g, g_lab, leave_one_out=cfg.leave_one_out, info=info, **ids)
     if variant == "i2t":
-        protos = out(prompt_prototypes(t(gallery.text_emb)))
+        protos = out(class_prototypes(t(gallery.text_emb)))
         return Task(query.emb[query_rows], q_lab, protos, np.arange(len(protos)), clamp_ks=True)
 
     # text -> text over every (class, prompt) of the gallery's text features
@@ -231,27 +167,25 @@ def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Featur
         vecs, info = gallery.text_emb.reshape(n_cls * n_prompts, -1), {}
     else:
         k = cfg.isoclip_text
-        _, W_iso = isoclip_projectors(W_img, W_txt, k["k_top"], k["k_bottom"])
+        _, W_iso = isoclip_projectors(W_img, W_txt, k.k_top, k.k_bottom)
         vecs = out(t(gallery.text_pre) @ W_iso)
-        vecs, info = vecs.reshape(n_cls * n_prompts, -1), iso_info(W_img, W_txt, **k)
+        vecs, info = vecs.reshape(n_cls * n_prompts, -1), iso_info(gallery, k)
     labels = np.repeat(np.arange(n_cls), n_prompts)
     ids = np.arange(len(vecs))
     return Task(vecs, labels, vecs, labels, query_ids=ids, gallery_ids=ids, leave_one_out=True, clamp_ks=True,
                 info=info)
 
 
-def iso_info(W_img: torch.Tensor, W_txt: torch.Tensor, k_top: int, k_bottom: int) -> dict:
+def iso_info(feats: Features, band) -> dict:
     """The kept band [k_top, r - k_bottom) of Psi's singular directions, and how many are nonzero.
 
     r = min(d_v, d_t); when D < r (the demo model) Psi has rank <= D and the last r - rank directions
     are null ones that carry nothing, so k_bottom must count them to cut real directions.
     """
-    s = torch.linalg.svdvals((W_img @ W_txt.T).double())
-    r = len(s)
-    rank = int((s > s[0] * r * torch.finfo(torch.float32).eps).sum())
-    stop = r - k_bottom
-    return {"k_top": k_top, "k_bottom": k_bottom, "r": r, "rank_psi": rank, "kept": [k_top, stop],
-            "kept_nonzero": max(0, min(stop, rank) - k_top)}
+    s = metrics.projection_spectra(feats.W_img, feats.W_txt)[1]
+    rank, stop = metrics.numerical_rank(s), len(s) - band.k_bottom
+    return {"k_top": band.k_top, "k_bottom": band.k_bottom, "r": len(s), "rank_psi": rank, "kept": [band.k_top, stop],
+            "kept_nonzero": max(0, min(stop, rank) - band.k_top)}
 
 
 # ----------------------------------------------------------------------------- evaluation

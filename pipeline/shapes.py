@@ -14,6 +14,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from pipeline.layout import SPLITS
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -23,7 +25,6 @@ COLOURS = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
-SPLITS = ("train", "val", "test")
 TEMPLATE = "a photo of a {}."
 CAPTION_TEMPLATES = (
     "a photo of a {}.",
@@ -91,9 +92,3 @@ def sample(seed: int, split: str, index: int, blur: float = 0.0) -> tuple[Image.
     label = index % n_classes
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     return render(label, rng, blur), label
-
-
-def caption(label: int, rng: np.random.Generator) -> str:
-    """A random training caption for `label`."""
-    template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
-    return template.format(classnames()[label])

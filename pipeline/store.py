@@ -1,11 +1,13 @@
 """Zarr v3 feature stores: sharded, resumable writer and validating readers (DESIGN.md §5).
 
-A store is a Zarr group whose attributes hold `provenance` (what produced it) and `complete`, which is
-set last: a store without `complete: true` is never read. Row arrays (N x width) are sharded by
-`shard_rows`; each shard is written once, whole, then marked done in a progress folder beside the
-store, so a killed extraction resumes from its finished shards.
+A store is a Zarr group whose attributes hold `provenance` (what produced it), `files` (the size of every
+file but the root zarr.json) and `complete`, both set last: a store without `complete: true` is never read,
+nor one whose files are missing or resized, since Zarr would silently read the gaps as fill values.
+Row arrays (N x width) are sharded by `shard_rows`; each shard is written once, whole, then marked done
+in a progress folder beside the store, so a killed extraction resumes from its finished shards.
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,13 +15,29 @@ import numpy as np
 import zarr
 
 from pipeline.io import replace_dir
+from pipeline.layout import owner_stage
 
 SHARD_ROWS = 2048
 CHUNK_ROWS = 256
 
 
 class StoreError(ValueError):
-    """A feature store is missing, incomplete, or from another model/dataset than requested."""
+    """A feature store is missing, incomplete, damaged, or from another model/dataset than requested."""
+
+
+def _inventory(root: Path) -> dict[str, int]:
+    """{posix path under `root`: size} of every file but the root zarr.json, which will hold this list."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.stat().st_size
+            for p in sorted(root.rglob("*")) if p.is_file() and p != root / "zarr.json"}
+
+
+def _remedy(path: Path, force: bool) -> str:
+    """How to (re)build `path`: its DVC stage when the layout knows it; `force` reruns whatever DVC's state says."""
+    stage = owner_stage(path)
+    if stage is None:
+        return "run the stage that writes it"
+    return f"run `dvc repro {'-f ' if force else ''}{stage}`"
 
 
 def _create_array(group: zarr.Group, name: str, shape: tuple, dtype, shard_rows: int | None):
@@ -86,7 +104,7 @@ class ShardedWriter:
         missing = self.pending()
         if missing:
             raise StoreError(f"{self.staging}: shards {missing[:5]} ({len(missing)} in all) were never written")
-        self.group.attrs["complete"] = True
+        self.group.attrs.update({"files": _inventory(self.staging), "complete": True})
         replace_dir(self.staging, dest)
         shutil.rmtree(self.progress, ignore_errors=True)
 
@@ -98,7 +116,7 @@ def write_store(dest: Path, staging: Path, provenance: dict, arrays: dict[str, n
     group = zarr.open_group(staging, mode="w")
     for name, value in arrays.items():
         _create_array(group, name, value.shape, value.dtype, None)[...] = value
-    group.attrs.update({**(attrs or {}), "provenance": provenance, "complete": True})
+    group.attrs.update({**(attrs or {}), "provenance": provenance, "files": _inventory(staging), "complete": True})
     replace_dir(staging, dest)
 
 
@@ -108,12 +126,30 @@ def open_store(path: Path, expect: dict | None = None) -> zarr.Group:
     try:
         group = zarr.open_group(path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise StoreError(f"feature store {path} does not exist (run its `dvc repro` stage)") from None
+        raise StoreError(f"feature store {path} does not exist ({_remedy(path, False)})") from None
     if group.attrs.get("complete") is not True:
-        raise StoreError(f"feature store {path} is incomplete (an interrupted write?); re-run its stage")
+        raise StoreError(f"feature store {path} is incomplete (an interrupted write?); re-{_remedy(path, True)}")
+    _check_files(path, group.attrs.get("files", {}))  # stores from before the inventory have none: unchecked
     if expect:
         check_provenance(path, dict(group.attrs["provenance"]), expect)
     return group
+
+
+def _check_files(path: Path, files: dict[str, int]) -> None:
+    """Raise StoreError if an inventoried file is missing or has another size (stat only, no data read)."""
+    problems = []
+    for rel, size in files.items():
+        try:
+            found = os.stat(path / rel).st_size
+        except FileNotFoundError:
+            problems.append(f"{rel} is missing")
+            continue
+        if found != size:
+            problems.append(f"{rel} has {found} bytes, expected {size}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise StoreError(f"feature store {path} is damaged: {'; '.join(problems[:5])}{more}; "
+                         f"re-{_remedy(path, True)}")
 
 
 def check_provenance(path, found: dict, expect: dict) -> None:

@@ -28,30 +28,10 @@ from tqdm import tqdm
 
 from pipeline.extract import _autocast, project
 from pipeline.models import LoadedModel
-from pipeline.params import ParamsError, need
+from pipeline.config import ViewRecipe
 from pipeline.store import StoreError, open_store, write_store
 
 _RATIO = (3 / 4, 4 / 3)
-
-
-@dataclass(frozen=True)
-class ViewRecipe:
-    n_views: int = 10
-    scale: tuple[float, float] = (0.5, 1.0)
-    flip: bool = True
-    seed: int = 0
-
-
-def views_section(params: dict) -> ViewRecipe:
-    """Validated `views`: n_views >= 1, scale [low, high] within (0, 1], flip bool, seed >= 0."""
-    section = need(params, "views", dict, "")
-    n_views = need(section, "n_views", int, "views", minimum=1)
-    scale = need(section, "scale", list, "views")
-    if len(scale) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale) \
-            or not 0 < scale[0] <= scale[1] <= 1:
-        raise ParamsError(f"params.yaml: 'views.scale' = {scale!r} should be [low, high] with 0 < low <= high <= 1")
-    return ViewRecipe(n_views, (float(scale[0]), float(scale[1])), need(section, "flip", bool, "views"),
-                      need(section, "seed", int, "views", minimum=0))
 
 
 def crop_box(rng: np.random.Generator, width: int, height: int, scale) -> tuple[int, int, int, int]:

@@ -1,31 +1,26 @@
-"""What every stage script shares: its declared params, and where things live."""
+"""What every stage script shares: its arguments, its declared params, and the project layout."""
 
 import sys
 from pathlib import Path
 
-import dvc.api
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import dvc.api  # noqa: E402
+
+
+def args(doc: str, *names: str) -> list[str]:
+    """The stage's positional arguments; `--help` or a wrong count prints the usage line of `doc`."""
+    usage = next(line for line in doc.splitlines() if line.startswith("usage:"))
+    given = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in given):
+        print(usage)
+        raise SystemExit(0)
+    if len(given) != len(names):
+        raise SystemExit(f"{usage}\n(expected {len(names)} argument(s): {', '.join(names) or 'none'})")
+    return given
 
 
 def stage_params(stage: str) -> dict:
     """Only the params `stage` declares in dvc.yaml, so DVC's invalidation stays honest."""
     return dvc.api.params_show(stages=[stage], repo=str(ROOT))
-
-
-def data_dir(dataset: str) -> Path:
-    return ROOT / "data" / dataset
-
-
-def model_dir(model: str) -> Path:
-    return ROOT / "models" / model
-
-
-def feature_dir(model: str, dataset: str) -> Path:
-    return ROOT / "features" / model / dataset
-
-
-def staging_dir(model: str, dataset: str) -> Path:
-    """Git-ignored work area for resumable writes (DVC deletes a stage's outputs before it runs)."""
-    return ROOT / "features" / ".staging" / model / dataset

@@ -6,19 +6,18 @@ An interrupted run resumes from the finished shards in features/.staging/.
 """
 
 import json
-import sys
 
 import pandas as pd
-from common import ROOT, data_dir, feature_dir, model_dir, stage_params, staging_dir
-from pipeline import extract, features, models, params, runtime
+from common import ROOT, args, stage_params
+from pipeline import config, extract, features, layout, models, runtime
 
-model_name, dataset_name = sys.argv[1:3]
-precision = params.precision(stage_params(f"extract@{model_name}-{dataset_name}"))
+model_name, dataset_name = args(__doc__, "model", "dataset")
+precision = config.precision(stage_params(f"extract@{model_name}-{dataset_name}"))
 device, knobs = runtime.device(), runtime.settings(ROOT)
-dataset = json.loads((data_dir(dataset_name) / "dataset.json").read_text())
-manifest = pd.read_parquet(data_dir(dataset_name) / "manifest.parquet")
-m = models.load(model_dir(model_name), device)
+dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
+manifest = pd.read_parquet(layout.data_dir(dataset_name) / "manifest.parquet")
+m = models.load(layout.model_dir(model_name), device)
 extract.extract_images(
-    m, manifest, ROOT / dataset["root"], feature_dir(model_name, dataset_name) / "images.zarr",
-    staging_dir(model_name, dataset_name) / "images.zarr", features.provenance(m.card, dataset, precision),
+    m, manifest, ROOT / dataset["root"], layout.feature_dir(model_name, dataset_name) / "images.zarr",
+    layout.staging_dir(model_name, dataset_name) / "images.zarr", features.provenance(m.card, dataset, precision),
     batch_size=knobs["batch_size"], workers=knobs["workers"], device=device, precision=precision)

@@ -5,14 +5,14 @@ The file records the manifest's sha256; `views` and `adapt` refuse draws made on
 """
 
 import json
-import sys
 
 import pandas as pd
-from common import ROOT, data_dir, stage_params
-from pipeline import draws
+from common import args, stage_params
+from pipeline import config, draws, layout
+from pipeline.io import atomic_write_json
 
-name = sys.argv[1]
-cfg = draws.fewshot_section(stage_params(f"fewshot@{name}"))
-dataset = json.loads((data_dir(name) / "dataset.json").read_text())
-manifest = pd.read_parquet(data_dir(name) / "manifest.parquet")
-draws.write(ROOT / "fewshot" / name / "fewshot.json", draws.make(manifest, dataset, cfg))
+(name,) = args(__doc__, "dataset")
+cfg = config.fewshot(stage_params(f"fewshot@{name}"))
+dataset = json.loads((layout.data_dir(name) / "dataset.json").read_text())
+manifest = pd.read_parquet(layout.data_dir(name) / "manifest.parquet")
+atomic_write_json(layout.fewshot_file(name), draws.make(manifest, dataset, cfg))

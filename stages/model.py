@@ -4,18 +4,17 @@ usage: python stages/model.py <model>
 """
 
 import shutil
-import sys
 
-from common import model_dir, stage_params
-from pipeline import demo, models, params, shapes
+from common import args, stage_params
+from pipeline import config, demo, layout, models, shapes
 
-name = sys.argv[1]
-cfg = params.model_entry(stage_params(f"model@{name}"), name)
+(name,) = args(__doc__, "model")
+cfg = config.model(stage_params(f"model@{name}"), name, demo.DemoRecipe)
 train_data = None
-if cfg["source"] == "demo":
-    train_data = demo.render_split(cfg["data"]["seed"], "train", cfg["data"]["per_class"] * len(shapes.classnames()))
+if cfg.source == "demo":
+    train_data = demo.render_split(cfg.data_seed, "train", cfg.data_per_class * len(shapes.classnames()))
 model = models.build(cfg, train_data)
-out = model_dir(name)
+out = layout.model_dir(name)
 tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 models.save(model, cfg, tmp)

@@ -4,29 +4,28 @@ usage: python stages/prepare.py <dataset>
 """
 
 import shutil
-import sys
 
-from common import ROOT, data_dir, stage_params
-from pipeline import datasets, params, shapes
+from common import ROOT, args, stage_params
+from pipeline import config, datasets, layout, shapes
 from pipeline.io import atomic_write_json
 
-name = sys.argv[1]
-cfg = params.dataset_entry(stage_params(f"prepare@{name}"), name)
-out = data_dir(name)
+(name,) = args(__doc__, "dataset")
+cfg = config.dataset(stage_params(f"prepare@{name}"), name, datasets.COOP)
+out = layout.data_dir(name)
 tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 tmp.mkdir(parents=True)
-if cfg["kind"] == "shapes":
-    manifest = datasets.write_shapes(tmp, cfg["seed"], cfg["per_class"], cfg["blur"])
+if cfg.kind == "shapes":
+    manifest = datasets.write_shapes(tmp, cfg.seed, cfg.per_class, cfg.blur)
     root, template = f"data/{name}", shapes.TEMPLATE
 else:
-    root = cfg["root"]
-    manifest = datasets.coop_manifest(cfg["name"], ROOT / root)
+    root = cfg.root
+    manifest = datasets.coop_manifest(cfg.coop_name, ROOT / root)
     datasets.check_images(manifest, ROOT / root)
-    template = datasets.COOP[cfg["name"]].template
+    template = datasets.COOP[cfg.coop_name].template
 manifest.to_parquet(tmp / "manifest.parquet", index=False)
 atomic_write_json(tmp / "dataset.json", {
-    "name": name, "root": root, "template": cfg.get("template", template),
+    "name": name, "root": root, "template": cfg.template or template,
     "classnames": datasets.classnames(manifest), "manifest_sha256": datasets.manifest_digest(manifest),
     "counts": manifest["split"].value_counts().to_dict()})
 shutil.rmtree(out, ignore_errors=True)

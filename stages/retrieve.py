@@ -13,19 +13,18 @@ local.yaml; default 1024): peak memory ~ 16 * chunk * gallery bytes whatever the
 """
 
 import json
-import sys
 
-from common import ROOT, data_dir, feature_dir, model_dir, stage_params
-from pipeline import features, retrieval_variants as rv, runtime
+from common import ROOT, args, stage_params
+from pipeline import config, features, layout, retrieval_variants as rv, runtime
 from pipeline.io import atomic_write_json, atomic_write_text
 
 METRICS = ("mAP", "mAP@R", "P@R")
 
-model_name, dataset_name = sys.argv[1:3]
-card = json.loads((model_dir(model_name) / "card.json").read_text())
-dataset = json.loads((data_dir(dataset_name) / "dataset.json").read_text())
-cfg = rv.config(stage_params(f"retrieve@{model_name}-{dataset_name}"), card["arch"])
-feats = features.load(feature_dir(model_name, dataset_name), card, dataset)
+model_name, dataset_name = args(__doc__, "model", "dataset")
+card = json.loads((layout.model_dir(model_name) / "card.json").read_text())
+dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
+cfg = config.retrieval(stage_params(f"retrieve@{model_name}-{dataset_name}"), card["arch"], rv.VARIANTS)
+feats = features.load(layout.feature_dir(model_name, dataset_name), card, dataset)
 q_rows = rv.split_rows(feats.split, cfg.query, "query")
 g_rows = rv.split_rows(feats.split, cfg.gallery, "gallery")
 device, chunk = runtime.device(), runtime.settings(ROOT)["retrieval_chunk"]
@@ -67,7 +66,7 @@ details = {
 }
 columns = ["variant", *METRICS, *(f"R@{k}" for k in cfg.ks)]
 rows = [",".join(columns)] + [",".join([v] + [str(r.get(c, "")) for c in columns[1:]]) for v, r in results.items()]
-out = ROOT / "reports" / "retrieval" / f"{model_name}-{dataset_name}"
+out = layout.retrieval_report(model_name, dataset_name)
 atomic_write_json(out.parent / (out.name + ".json"), metrics)
 atomic_write_json(out.parent / (out.name + ".details.json"), details)
 atomic_write_text(out.parent / (out.name + ".csv"), "\n".join(rows) + "\n")

@@ -4,19 +4,18 @@ usage: python stages/text.py <model> <dataset>
 """
 
 import json
-import sys
 
-from common import data_dir, feature_dir, model_dir, stage_params, staging_dir
-from pipeline import extract, features, models, params, runtime
+from common import args, stage_params
+from pipeline import config, extract, features, layout, models, runtime
 
-model_name, dataset_name = sys.argv[1:3]
+model_name, dataset_name = args(__doc__, "model", "dataset")
 p = stage_params(f"text@{model_name}-{dataset_name}")
-text, precision = params.text_section(p), params.precision(p)
-dataset = json.loads((data_dir(dataset_name) / "dataset.json").read_text())
-templates = extract.expand_templates(text["templates"], dataset["template"])
+precision = config.precision(p)
+dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
+templates = extract.expand_templates(config.templates(p), dataset["template"])
 device = runtime.device()
-m = models.load(model_dir(model_name), device)
+m = models.load(layout.model_dir(model_name), device)
 extract.extract_text(
-    m, dataset["classnames"], templates, feature_dir(model_name, dataset_name) / "text.zarr",
-    staging_dir(model_name, dataset_name) / "text.zarr",
+    m, dataset["classnames"], templates, layout.feature_dir(model_name, dataset_name) / "text.zarr",
+    layout.staging_dir(model_name, dataset_name) / "text.zarr",
     features.provenance(m.card, dataset, precision, templates=templates), device=device, precision=precision)

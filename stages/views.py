@@ -6,22 +6,22 @@ each, plus the flipped test-time view (see pipeline/views.py). Batch size / work
 """
 
 import json
-import sys
 
 import pandas as pd
-from common import ROOT, data_dir, feature_dir, model_dir, stage_params, staging_dir
-from pipeline import draws, features, models, params, runtime, views
+from common import ROOT, args, stage_params
+from pipeline import config, draws, features, layout, models, runtime, views
 
-model_name, dataset_name = sys.argv[1:3]
+model_name, dataset_name = args(__doc__, "model", "dataset")
 p = stage_params(f"views@{model_name}-{dataset_name}")
-recipe, precision = views.views_section(p), params.precision(p)
-dataset = json.loads((data_dir(dataset_name) / "dataset.json").read_text())
-manifest = pd.read_parquet(data_dir(dataset_name) / "manifest.parquet")
-fewshot = draws.load(ROOT / "fewshot" / dataset_name / "fewshot.json", dataset["manifest_sha256"])
+recipe, precision = config.views(p), config.precision(p)
+dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
+manifest = pd.read_parquet(layout.data_dir(dataset_name) / "manifest.parquet")
+fewshot = draws.load(layout.fewshot_file(dataset_name), dataset["manifest_sha256"])
 device, knobs = runtime.device(), runtime.settings(ROOT)
-m = models.load(model_dir(model_name), device)
+m = models.load(layout.model_dir(model_name), device)
 views.extract_views(
     m, manifest, draws.train_items(fewshot), ROOT / dataset["root"],
-    feature_dir(model_name, dataset_name) / "views.zarr", staging_dir(model_name, dataset_name) / "views.zarr",
+    layout.feature_dir(model_name, dataset_name) / "views.zarr",
+    layout.staging_dir(model_name, dataset_name) / "views.zarr",
     features.provenance(m.card, dataset, precision), recipe,
     batch_size=knobs["batch_size"], workers=knobs["workers"], device=device, precision=precision)

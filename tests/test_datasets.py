@@ -1,6 +1,7 @@
 """Manifests from CoOp split files (real ones when ../shared/datasets exists) and the demo generator."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -70,6 +71,58 @@ def test_unknown_dataset_and_missing_split_file(tmp_path):
         datasets.coop_manifest("imagenet9", tmp_path)
     with pytest.raises(datasets.DatasetError, match="split_zhou_EuroSAT.json not found"):
         datasets.coop_manifest("eurosat", tmp_path)
+
+
+def _valid_split_text(tmp_path):
+    root, _ = _fake_coop(tmp_path)
+    return (root / "split_zhou_EuroSAT.json").read_text()
+
+
+def _with_train_entry(entry):
+    def edit(text):
+        split = json.loads(text)
+        split["train"][1] = entry
+        return json.dumps(split)
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: "not json at all", r"not valid JSON \(line 1, column 1: .*\); expected CoOp's split_zhou_\*\.json"),
+    (lambda text: text[:len(text) // 2], r"not valid JSON \(line 1, column \d+: "),
+    (lambda text: json.dumps([json.loads(text)]), r"top level should be an object, not list"),
+    (lambda text: json.dumps({**json.loads(text), "val": {"a": 1}}), r"'val' should be a list of .*, not dict"),
+    (_with_train_entry(["Forest/1.png", 1]),
+     r"train\[1\] = \['Forest/1.png', 1\] should be \[relative path, integer label, class name\]"),
+    (_with_train_entry("Forest/1.png"), r"train\[1\] = 'Forest/1.png' should be \[relative path"),
+    (_with_train_entry(["Forest/1.png", "zero", "River"]), r"train\[1\] = .*: label 'zero' should be a non-negative"),
+    (_with_train_entry(["Forest/1.png", 1.5, "River"]), r"train\[1\] = .*: label 1.5 should be a non-negative"),
+    (_with_train_entry(["Forest/1.png", True, "River"]), r"train\[1\] = .*: label True should be a non-negative"),
+    (_with_train_entry(["Forest/1.png", "1", "River"]), r"train\[1\] = .*: label '1' should be a non-negative"),
+    (_with_train_entry(["Forest/1.png", -1, "River"]), r"train\[1\] = .*: label -1 should be a non-negative"),
+    (_with_train_entry(["Forest/1.png", 1, ""]), r"train\[1\] = .*: path and class name should be non-empty"),
+    (_with_train_entry(["", 1, "River"]), r"train\[1\] = .*: path and class name should be non-empty"),
+], ids=["not-json", "truncated", "top-list", "split-dict", "two-fields", "not-a-list", "label-str", "label-float",
+        "label-bool", "label-digit-str", "label-negative", "empty-classname", "empty-path"])
+def test_malformed_split_file_is_named(tmp_path, edit, message):
+    split_path = tmp_path / "split_zhou_EuroSAT.json"
+    split_path.write_text(edit(_valid_split_text(tmp_path)))
+    with pytest.raises(datasets.DatasetError, match=re.escape(f"{split_path}: ") + message):
+        datasets.coop_manifest("eurosat", tmp_path)
+
+
+def test_non_utf8_split_file_is_named(tmp_path):
+    split_path = tmp_path / "split_zhou_EuroSAT.json"
+    split_path.write_bytes(b"\xc3\x28")
+    with pytest.raises(datasets.DatasetError, match=re.escape(f"{split_path}: not valid JSON (not UTF-8")):
+        datasets.coop_manifest("eurosat", tmp_path)
+
+
+def test_valid_split_file_loads(tmp_path):
+    root, _ = _fake_coop(tmp_path)
+    manifest = datasets.coop_manifest("eurosat", root)
+    assert manifest["label"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert manifest["split"].tolist() == ["train"] * 4 + ["val", "test"]
+    assert manifest["path"].iloc[1] == "2750/Forest/1.png" and manifest["classname"].iloc[1] == "River"
 
 
 @pytest.mark.parametrize("blur", [0.0, 1.0])

@@ -1,5 +1,6 @@
-"""Feature store: round trip, schema, provenance checks, and resume after a killed extraction."""
+"""Feature store: round trip, schema, provenance checks, file inventory, and resume after a killed extraction."""
 
+import os
 import subprocess
 import sys
 import time
@@ -57,6 +58,77 @@ def test_changed_provenance_restarts_instead_of_resuming(tmp_path):
     assert ShardedWriter(tmp_path / "s.zarr", PROV, {"x": ((8, 2), "float32")}, {}, shard_rows=4).pending() == [1]
     fresh = ShardedWriter(tmp_path / "s.zarr", {**PROV, "arch": "b"}, {"x": ((8, 2), "float32")}, {}, shard_rows=4)
     assert fresh.pending() == [0, 1]
+
+
+def _sharded_store(tmp: Path) -> Path:
+    """A finished 3-shard store where the layout puts images.zarr of model m, dataset ds."""
+    dest = tmp / "features" / "m" / "ds" / "images.zarr"
+    w = ShardedWriter(tmp / "staging.zarr", PROV, {"x": ((10, 2), "float32")}, {"label": np.arange(10)}, shard_rows=4)
+    for s in w.pending():
+        a, b = w.shard_range(s)
+        w.write_shard(s, {"x": np.ones((b - a, 2), np.float32)})
+    w.finalize(dest)
+    return dest
+
+
+def _files_on_disk(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root).replace(os.sep, "/")] = os.path.getsize(full)
+    del out["zarr.json"]
+    return out
+
+
+def test_inventory_lists_every_file_but_the_root_metadata(tmp_path):
+    dest = _sharded_store(tmp_path)
+    files = dict(open_store(dest).attrs["files"])
+    assert files == _files_on_disk(dest)
+    assert {"x/zarr.json", "label/zarr.json", "x/c/0/0", "x/c/2/0"} <= set(files)
+    write_store(tmp_path / "t.zarr", tmp_path / "tmp.zarr", PROV, {"y": np.ones(3, np.float32)}, {"note": 1})
+    small = open_store(tmp_path / "t.zarr")
+    assert dict(small.attrs["files"]) == _files_on_disk(tmp_path / "t.zarr") and "y/zarr.json" in small.attrs["files"]
+    assert small.attrs["note"] == 1 and small.attrs["complete"] is True
+
+
+def test_deleted_shard_is_refused_with_its_stage(tmp_path):
+    dest = _sharded_store(tmp_path)
+    (dest / "x" / "c" / "1" / "0").unlink()
+    with pytest.raises(StoreError) as err:
+        open_store(dest)
+    msg = str(err.value)
+    assert str(dest) in msg and "x/c/1/0 is missing" in msg and "dvc repro -f extract@m-ds" in msg
+
+
+def test_truncated_file_names_both_sizes(tmp_path):
+    dest = _sharded_store(tmp_path)
+    shard = dest / "x" / "c" / "0" / "0"
+    size = shard.stat().st_size
+    os.truncate(shard, size - 3)
+    with pytest.raises(StoreError, match=f"x/c/0/0 has {size - 3} bytes, expected {size}"):
+        open_store(dest)
+
+
+def test_remedy_outside_the_layout_and_for_missing_stores(tmp_path):
+    write_store(tmp_path / "t.zarr", tmp_path / "tmp.zarr", PROV, {"y": np.ones(3, np.float32)})
+    (tmp_path / "t.zarr" / "y" / "zarr.json").unlink()
+    with pytest.raises(StoreError, match="y/zarr.json is missing; re-run the stage that writes it"):
+        open_store(tmp_path / "t.zarr")
+    with pytest.raises(StoreError, match=r"does not exist \(run `dvc repro text@m-ds`\)"):
+        open_store(tmp_path / "features" / "m" / "ds" / "text.zarr")
+    half_written = tmp_path / "features" / "m" / "ds" / "views.zarr"
+    ShardedWriter(half_written, PROV, {"x": ((4, 2), "float32")}, {}, shard_rows=4)
+    with pytest.raises(StoreError, match="incomplete .*; re-run `dvc repro -f views@m-ds`"):
+        open_store(half_written)
+
+
+def test_store_without_inventory_still_opens(tmp_path):
+    dest = _sharded_store(tmp_path)
+    group = zarr.open_group(dest, mode="r+")
+    group.attrs.put({k: v for k, v in group.attrs.items() if k != "files"})  # as older code wrote it
+    (dest / "x" / "c" / "1" / "0").unlink()
+    assert "files" not in open_store(dest).attrs
 
 
 EXTRACT_SCRIPT = """

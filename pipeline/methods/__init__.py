@@ -1,1 +1,11 @@
-"""One module per method; each turns cached arrays into component logits."""
+"""The method registry: every method `adapt`, `fuse` and `report` know, in report order.
+
+Adding a method = one module ending in `METHOD = ...` (see `pipeline.methods.contract`), one line here,
+one params block (if it has knobs), and its tests.
+"""
+
+from pipeline.methods import ape, isoclip, ncm, semobridge, tip_adapter, zeroshot
+from pipeline.methods.contract import Method
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    zeroshot.METHOD, ncm.METHOD, isoclip.METHOD, tip_adapter.METHOD, ape.METHOD, semobridge.METHOD)}

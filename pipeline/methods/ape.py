@@ -3,17 +3,23 @@
 Shapes follow `tip_adapter`: text prototypes (C, D) unit rows, cache keys (C, K, D) unit rows.
 """
 
+from dataclasses import dataclass
+
 import torch
 
+from pipeline import config
+from pipeline.methods.contract import Fit, Method
+from pipeline.methods.cosine import normalize, zeroshot_logits
 from pipeline.methods.tip_adapter import (
-    check_cache,
     cache_affinity,
     cache_grid_counts,
+    cache_keys,
+    check_cache,
     grid_best,
     key_cosines,
+    percent,
     search_grid,
 )
-from pipeline.methods.zeroshot import normalize, zeroshot_logits
 
 # Smoothing constant of APE's KL term.
 _EPS = 1e-6
@@ -81,21 +87,6 @@ def ape_cache_affinity(
     return cache_affinity(refine(query, channels), keys_ref, beta, weights)
 
 
-def ape_logits(
-    query: torch.Tensor,
-    text_protos: torch.Tensor,
-    keys: torch.Tensor,
-    channels: torch.Tensor,
-    alpha: float,
-    beta: float,
-    gamma: float,
-) -> torch.Tensor:
-    """(N, C) APE logits (§8.2): 100 q̄ T^T on all channels + alpha * `ape_cache_affinity`."""
-    return zeroshot_logits(query, text_protos, 100.0) + alpha * ape_cache_affinity(
-        query, text_protos, keys, channels, beta, gamma
-    )
-
-
 def ape_search(
     query: torch.Tensor,
     labels: torch.Tensor,
@@ -128,3 +119,53 @@ def ape_search(
         labels,
     )
     return grid_best(counts, {"beta": betas, "alpha": alphas, "gamma": gammas}, labels.shape[0])
+
+
+@dataclass(frozen=True)
+class APEConfig:
+    """`methods.ape` (METHODS.md §8): channels kept, criterion weights, the (beta, alpha, gamma) grid."""
+    channels: int | float            # a fraction in (0, 1] of the embedding width, or a count
+    w: tuple[float, float]           # criterion -w0 sim + w1 var
+    scales: tuple[float, float, float]   # S_beta, S_alpha, S_gamma
+    steps: tuple[int, int, int]          # beta, alpha, gamma steps
+
+    def channel_count(self, dim: int) -> int:
+        q = max(1, round(self.channels * dim)) if isinstance(self.channels, float) else self.channels
+        if q > dim:
+            raise config.ParamsError(f"params.yaml: 'methods.ape.channels' = {self.channels} exceeds the "
+                                     f"embedding width {dim}")
+        return q
+
+
+class APE(Method):
+    """APE: zero-shot logits + alpha * KL-weighted cache on the selected channels; beta, gamma chosen on val."""
+    name, label, block, base = "ape", "APE", "ape", True
+    weights = {"alpha": (0.0, 50.0)}   # APE's alpha grids reach S_alpha <= 50 (§8.3)
+    knobs = ("beta", "gamma", "channels")
+
+    def config(self, section, where, arch):
+        channels = config.need(section, "channels", (int, float), where)
+        if (isinstance(channels, float) and not 0 < channels <= 1) or (isinstance(channels, int) and channels < 1):
+            raise config.ParamsError(f"params.yaml: '{where}.channels' = {channels!r} should be a fraction in "
+                                     f"(0, 1] of the embedding width or a channel count >= 1")
+        w = config.numbers(section, "w", where, 2)
+        if min(w) < 0:
+            raise config.ParamsError(f"params.yaml: '{where}.w' = {list(w)!r} should be two numbers >= 0")
+        return APEConfig(channels, w, config.numbers(section, "scales", where, 3, positive=True),
+                         config.int_list(section, "steps", where, n=3))
+
+    def needs(self, cfg):
+        return {"views"}
+
+    def fit(self, inputs, draw, state, cfg):
+        keys = cache_keys(inputs.tensor(inputs.views.emb[draw.view_rows]))
+        channels = select_channels(inputs.protos, keys, cfg.channel_count(keys.shape[-1]), *cfg.w)
+        n_beta, n_alpha, n_gamma = cfg.steps
+        best = ape_search(draw.q_val, draw.y_val, inputs.protos, keys, channels, cfg.scales, n_gamma, n_beta, n_alpha)
+        choice = {**{k: best[k] for k in ("beta", "alpha", "gamma")}, "val_acc": percent(best["val_acc"]),
+                  "channels": int(channels.numel())}
+        return Fit(choice, lambda s: {"alpha": ape_cache_affinity(inputs.query[s], inputs.protos, keys, channels,
+                                                                  best["beta"], best["gamma"])})
+
+
+METHOD = APE()

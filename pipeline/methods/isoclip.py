@@ -7,8 +7,10 @@ r = min(d_v, d_t), singular values descending; the kept band is indices [k_top, 
 
 import torch
 
-from pipeline.methods.ncm import class_means, ncm_logits
-from pipeline.methods.zeroshot import normalize
+from pipeline import config
+from pipeline.methods.contract import Fit, Method
+from pipeline.methods.cosine import normalize
+from pipeline.methods.ncm import ncm_logits
 
 
 def iso_basis(
@@ -57,13 +59,24 @@ def iso_embed(pre: torch.Tensor, W_iso: torch.Tensor) -> torch.Tensor:
     return normalize(pre @ W_iso)
 
 
-def isoncm_logits(
-    query_pre: torch.Tensor,
-    train_pre: torch.Tensor,
-    train_labels: torch.Tensor,
-    num_classes: int,
-    W_iso: torch.Tensor,
-) -> torch.Tensor:
-    """(N, C) IsoNCM cosines: prototypes = means of raw train x_v mapped by W_iso, queries mapped alike."""
-    prototypes = iso_embed(class_means(train_pre, train_labels, num_classes), W_iso)
-    return ncm_logits(query_pre @ W_iso, prototypes)
+class IsoNCM(Method):
+    """NCM on IsoCLIP-projected pre-projection features: prototypes and queries both through W_iso."""
+    name, label, block = "isoncm", "IsoCLIP-NCM", "isoclip"
+
+    def config(self, section, where, arch):
+        return config.band(section, arch, where, "'isoncm' from methods.enabled")
+
+    def setup(self, inputs, cfg):
+        feats = inputs.feats
+        U_k, _ = iso_basis(inputs.tensor(feats.W_img), inputs.tensor(feats.W_txt), cfg.k_top, cfg.k_bottom,
+                           None if feats.b_img is None else inputs.tensor(feats.b_img))
+        W_iso = iso_image_projector(inputs.tensor(feats.W_img), U_k)
+        return W_iso, {s: inputs.tensor(feats.pre[r]) @ W_iso for s, r in inputs.rows.items()}
+
+    def fit(self, inputs, draw, state, cfg):
+        W_iso, query = state
+        centres = iso_embed(inputs.tensor(inputs.feats.pre[draw.idx]).mean(dim=1), W_iso)
+        return Fit({}, lambda s: {"logits": ncm_logits(query[s], centres)})
+
+
+METHOD = IsoNCM()

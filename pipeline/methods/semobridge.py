@@ -7,26 +7,24 @@ unit rows. Sharpness and fusion parameters are searched on val in one batched pa
 `pipeline.fusion.sample_weights(SEARCH_SPACE, ...)` replace the reference's Optuna TPE).
 """
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from pipeline import config
+from pipeline.fusion import sample_weights, search_batched, search_chunk
 from pipeline.methods.ape import kl_divergence
-from pipeline.methods.tip_adapter import sharpen
-from pipeline.methods.zeroshot import normalize
+from pipeline.methods.contract import Fit, Method
+from pipeline.methods.cosine import normalize
+from pipeline.methods.tip_adapter import percent, sharpen
 
-# Column order of parameter rows, as the reference's param_names for LOGITS [z1, z2, z3].
-PARAM_NAMES = ("smoothness", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3")
-# The reference's Optuna ranges (§3.5).
-SEARCH_SPACE = {
-    "smoothness": (0.0, 1.5),
-    "alpha": (0.0, 10.0),
-    "beta": (0.0, 10.0),
-    "gamma": (0.0, 10.0),
-    "lambda1": (0.0, 1.0),
-    "lambda2": (0.0, 1.0),
-    "lambda3": (0.0, 1.0),
-}
+# The linear weights of z1, z2, z3, in [0, 1] (§3.5); fuse searches them, adapt searches them with the rest.
+WEIGHTS = {"lambda1": (0.0, 1.0), "lambda2": (0.0, 1.0), "lambda3": (0.0, 1.0)}
+# The reference's Optuna ranges (§3.5); column order of parameter rows, as the reference's param_names.
+SEARCH_SPACE = {"smoothness": (0.0, 1.5), "alpha": (0.0, 10.0), "beta": (0.0, 10.0), "gamma": (0.0, 10.0), **WEIGHTS}
+PARAM_NAMES = tuple(SEARCH_SPACE)
+EXTRA_SHOTS = ("none", "hflip", "views")
 
 
 def bridge_matrix(W_txt: torch.Tensor, atol: float = 0.3) -> torch.Tensor:
@@ -36,16 +34,6 @@ def bridge_matrix(W_txt: torch.Tensor, atol: float = 0.3) -> torch.Tensor:
     if atol < 0:
         raise ValueError(f"atol must be >= 0, got {atol}")
     return torch.linalg.pinv(W_txt, atol=atol, rtol=0.0)
-
-
-def singular_values(W_txt: torch.Tensor) -> torch.Tensor:
-    """Singular values of W_txt, descending (the spectrum to log per backbone, §3.2)."""
-    return torch.linalg.svdvals(W_txt)
-
-
-def num_truncated(W_txt: torch.Tensor, atol: float = 0.3) -> int:
-    """How many singular values of W_txt are <= atol, i.e. dropped by `bridge_matrix`."""
-    return int((singular_values(W_txt) <= atol).sum())
 
 
 def text_scale(eos_pre: torch.Tensor) -> torch.Tensor:
@@ -72,11 +60,6 @@ def class_divergence(shot_protos: torch.Tensor, text_protos: torch.Tensor) -> to
             f"got {tuple(shot_protos.shape)} and {tuple(text_protos.shape)}"
         )
     return kl_divergence(shot_protos.unsqueeze(1), text_protos)[:, 0]
-
-
-def class_weights(shot_protos: torch.Tensor, text_protos: torch.Tensor, smoothness: float) -> torch.Tensor:
-    """(C,) class weights w_c = exp(smoothness * D_c) of §3.4."""
-    return torch.exp(smoothness * class_divergence(shot_protos, text_protos))
 
 
 def semobridge_cosines(
@@ -151,10 +134,55 @@ def semobridge_builder(cosines: dict[str, torch.Tensor]) -> Callable[[torch.Tens
     return build
 
 
-def semobridge_logits(cosines: dict[str, torch.Tensor], params: dict[str, float]) -> torch.Tensor:
-    """(N, C) fused logits lambda1 z1 + lambda2 z2 + lambda3 z3 for one parameter set (keys PARAM_NAMES)."""
-    missing = [name for name in PARAM_NAMES if name not in params]
-    if missing:
-        raise ValueError(f"params lacks {missing}; expected keys {PARAM_NAMES}")
-    row = torch.tensor([[float(params[name]) for name in PARAM_NAMES]])
-    return semobridge_builder(cosines)(row)[0]
+@dataclass(frozen=True)
+class SeMoBridgeConfig:
+    """`methods.semobridge` (METHODS.md §3)."""
+    atol: float          # singular values of W_txt at or below it are dropped by the bridge
+    extra_shots: str     # none | hflip (+1 flipped copy per shot) | views (+n_views augmented copies)
+    trials: int          # random rows in SEARCH_SPACE, scored in one batched pass on val
+    seed: int
+
+
+class SeMoBridge(Method):
+    """SeMoBridge, training-free: lambda1 z1 + lambda2 z2 + lambda3 z3, all seven knobs chosen on val."""
+    name, label, block = "semobridge", "SeMoBridge", "semobridge"
+    weights = WEIGHTS
+    knobs = ("smoothness", "alpha", "beta", "gamma", "shots_per_class")
+
+    def config(self, section, where, arch):
+        return SeMoBridgeConfig(float(config.need(section, "atol", (int, float), where, minimum=0)),
+                                config.need(section, "extra_shots", str, where, choices=EXTRA_SHOTS),
+                                config.need(section, "trials", int, where, minimum=1),
+                                config.need(section, "seed", int, where, minimum=0))
+
+    def needs(self, cfg):
+        return set() if cfg.extra_shots == "none" else {"views"}
+
+    def setup(self, inputs, cfg):
+        W_txt = inputs.tensor(inputs.feats.W_txt)
+        return (bridge_matrix(W_txt, cfg.atol), W_txt, text_scale(inputs.tensor(inputs.feats.text_pre)),
+                sample_weights(SEARCH_SPACE, cfg.trials, cfg.seed).to(inputs.device))
+
+    def fit(self, inputs, draw, state, cfg):
+        P, W_txt, scale, trials = state
+        parts = [inputs.tensor(inputs.feats.emb[draw.idx]).unsqueeze(2)]
+        if cfg.extra_shots == "hflip":
+            parts.append(inputs.tensor(inputs.views.flip[draw.view_rows]).unsqueeze(2))
+        elif cfg.extra_shots == "views":
+            parts.append(inputs.tensor(inputs.views.emb[draw.view_rows]))
+        shots = torch.cat(parts, dim=2).flatten(1, 2)  # (C, K', D), K' = K (E + 1)
+        cos_val = semobridge_cosines(draw.q_val, shots, inputs.protos, P, W_txt, scale)
+        i, acc = search_batched(semobridge_builder(cos_val), trials, draw.y_val,
+                                search_chunk(len(draw.y_val), inputs.num_classes, inputs.device))
+        chosen = dict(zip(PARAM_NAMES, trials[i].tolist()))
+        choice = {**chosen, "val_acc": percent(acc[i]), "extra_shots": cfg.extra_shots,
+                  "shots_per_class": int(shots.shape[1])}
+
+        def components(split):
+            cos = semobridge_cosines(inputs.query[split], shots, inputs.protos, P, W_txt, scale)
+            z = semobridge_terms(cos, chosen["smoothness"], chosen["alpha"], chosen["beta"], chosen["gamma"])
+            return dict(zip(WEIGHTS, z))
+        return Fit(choice, components)
+
+
+METHOD = SeMoBridge()

@@ -5,10 +5,14 @@ per shot); cache keys are (C, K, D) unit vectors. The one-hot value matrix L (CK
 is implicit: `A @ L` is a sum over each class's K keys.
 """
 
+from dataclasses import dataclass
+
 import torch
 
+from pipeline import config
 from pipeline.fusion import ELEMENT_BUDGET, count_correct
-from pipeline.methods.zeroshot import normalize, zeroshot_logits
+from pipeline.methods.contract import Fit, Method
+from pipeline.methods.cosine import normalize, zeroshot_logits
 
 
 def sharpen(cos: torch.Tensor, sharpness) -> torch.Tensor:
@@ -55,14 +59,6 @@ def cache_affinity(
             raise ValueError(f"value_weights must be {tuple(keys.shape[:2])}, got {tuple(value_weights.shape)}")
         aff = aff * value_weights
     return aff.sum(dim=-1)
-
-
-def tip_logits(
-    query: torch.Tensor, text_protos: torch.Tensor, keys: torch.Tensor, alpha: float, beta: float
-) -> torch.Tensor:
-    """(N, C) Tip-Adapter logits 100 q̄ T^T + alpha exp(-beta (1 - q̄ F^T)) L."""
-    check_cache(query, keys, text_protos)
-    return zeroshot_logits(query, text_protos, 100.0) + alpha * cache_affinity(query, keys, beta)
 
 
 def search_grid(scale: float, steps: int, start: float = 0.1) -> list[float]:
@@ -151,3 +147,38 @@ def grid_best(counts: torch.Tensor, grids: dict[str, list[float]], num_queries: 
         chosen[name] = values[i]
     acc = counts.double() / num_queries
     return {**{name: chosen[name] for name in grids}, "val_acc": float(acc.flatten()[best]), "acc_grid": acc}
+
+
+def percent(fraction) -> float:
+    """A val accuracy fraction as the percentage the logits attrs record."""
+    return round(100 * float(fraction), 4)
+
+
+@dataclass(frozen=True)
+class TipConfig:
+    """`methods.tip`: the (beta, alpha) grid (METHODS.md §7.2)."""
+    scales: tuple[float, float]   # S_beta, S_alpha
+    steps: tuple[int, int]
+
+
+class TipAdapter(Method):
+    """Tip-Adapter: zero-shot logits + alpha * cache affinity; beta chosen on val jointly with alpha."""
+    name, label, block, base = "tip", "Tip-Adapter", "tip", True
+    weights = {"alpha": (0.0, 50.0)}   # Tip's alpha grids reach S_alpha <= 50 (§7.2)
+    knobs = ("beta",)
+
+    def config(self, section, where, arch):
+        return TipConfig(config.numbers(section, "scales", where, 2, positive=True),
+                         config.int_list(section, "steps", where, n=2))
+
+    def needs(self, cfg):
+        return {"views"}
+
+    def fit(self, inputs, draw, state, cfg):
+        keys = cache_keys(inputs.tensor(inputs.views.emb[draw.view_rows]))   # (C, K, D) from (C, K, V, D)
+        best = tip_search(draw.q_val, draw.y_val, inputs.protos, keys, *cfg.scales, *cfg.steps)
+        choice = {"beta": best["beta"], "alpha": best["alpha"], "val_acc": percent(best["val_acc"])}
+        return Fit(choice, lambda s: {"alpha": cache_affinity(inputs.query[s], keys, best["beta"])})
+
+
+METHOD = TipAdapter()

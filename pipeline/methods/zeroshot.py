@@ -1,18 +1,14 @@
-"""Zero-shot CLIP: class prototypes from prompt embeddings, cosine logits (METHODS.md §2.3)."""
+"""Zero-shot CLIP: image embeddings vs class prompt prototypes, at CLIP's logit scale 100 (METHODS.md §2.3)."""
 
-import torch
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise the last dimension."""
-    return x / x.norm(dim=-1, keepdim=True)
+from pipeline.methods.contract import Fit, Method
+from pipeline.methods.cosine import zeroshot_logits
 
 
-def class_prototypes(text_emb: torch.Tensor) -> torch.Tensor:
-    """(C, P, D) raw projected prompt embeddings -> (C, D): normalise each prompt, average, renormalise."""
-    return normalize(normalize(text_emb).mean(dim=1))
+class ZeroShot(Method):
+    name, label, per_draw = "zeroshot", "Zero-shot CLIP", False
+
+    def fit(self, inputs, draw, state, cfg):
+        return Fit({}, lambda s: {"logits": zeroshot_logits(inputs.query[s], inputs.protos, 100.0)})
 
 
-def zeroshot_logits(image_emb: torch.Tensor, prototypes: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
-    """(N, D) raw image embeddings x (C, D) unit prototypes -> (N, C) scaled cosines."""
-    return scale * normalize(image_emb) @ prototypes.T
+METHOD = ZeroShot()
