@@ -53,3 +53,10 @@ def demo_repo(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("demo") / "repo")
     run(["dvc", "repro"], repo, env={"CLIPCACHE_WORKERS": "2"})
     return repo
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the full demo DAG is `slow`, whether or not it says so itself."""
+    for item in items:
+        if "demo_repo" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -10,10 +10,11 @@ import pytest
 import torch
 import zarr
 
-from pipeline import adapt, draws, features, views
+from pipeline import adapt, config, draws, features, views
+from pipeline.config import ParamsError
 from pipeline.features import Features
-from pipeline.fewshot import fewshot_key
-from pipeline.params import ParamsError
+from pipeline.layout import SPLIT_CODES, draw_key
+from pipeline.methods import REGISTRY
 from pipeline.store import StoreError
 
 C, D, D_V, D_T, P = 4, 8, 12, 10, 2
@@ -45,9 +46,8 @@ def toy_features(seed: int = 0) -> Features:
     pre = centres[labels] + 0.8 * torch.randn(len(man), D_V, generator=g)
     W_img, W_txt = torch.randn(D_V, D, generator=g), torch.randn(D_T, D, generator=g)
     text_pre = torch.randn(C, P, D_T, generator=g)
-    codes = {"train": 0, "val": 1, "test": 2}
     return Features(pre=pre.numpy(), emb=(pre @ W_img).numpy(), label=man["label"].to_numpy(np.int32),
-                    split=man["split"].map(codes).to_numpy(np.int8), item=man["item"].to_numpy(np.int64),
+                    split=man["split"].map(SPLIT_CODES).to_numpy(np.int8), item=man["item"].to_numpy(np.int64),
                     text_pre=text_pre.numpy(), text_emb=(text_pre @ W_txt).numpy(), W_img=W_img.numpy(),
                     b_img=None, W_txt=W_txt.numpy(), logit_scale=100.0,
                     provenance={"manifest_sha256": "toy"})
@@ -55,7 +55,7 @@ def toy_features(seed: int = 0) -> Features:
 
 def toy_fewshot(val: str = "full") -> dict:
     cfg = {"shots": [1, 4], "seeds": [1, 2], "val": val, "repeat": False}
-    return draws.make(toy_manifest(), {"name": "toy", "manifest_sha256": "toy"}, cfg)
+    return draws.make(toy_manifest(), {"name": "toy", "manifest_sha256": "toy"}, config.fewshot({"fewshot": cfg}))
 
 
 def toy_views(feats: Features, fewshot: dict, n_views: int = 3) -> views.Views:
@@ -70,7 +70,7 @@ def toy_views(feats: Features, fewshot: dict, n_views: int = 3) -> views.Views:
 def settings(**changes) -> dict:
     methods = copy.deepcopy(METHODS)
     methods.update(changes)
-    return adapt.methods_section({"methods": methods}, "toy-arch", "toy")
+    return config.methods({"methods": methods}, "toy-arch", "toy", REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +84,22 @@ def test_layout_covers_every_method_and_draw(toy_run):
     feats, fewshot, (arrays, attrs) = toy_run
     n = {"val": PER_CLASS["val"] * C, "test": PER_CLASS["test"] * C}
     for split in ("val", "test"):
-        assert arrays[f"zeroshot/{split}"].shape == (n[split], C)
+        assert arrays[f"zeroshot/all/logits/{split}"].shape == (n[split], C)
         assert arrays[f"label/{split}"].shape == (n[split],)
         for key in fewshot["draws"]:
-            for method in ("ncm", "isoncm", "tip", "ape"):
-                assert arrays[f"{method}/{key}/{split}"].shape == (n[split], C)
-            assert arrays[f"semobridge/{key}/{split}"].shape == (3, n[split], C)
-    assert attrs["draws"] == [fewshot_key(k, s) for k in (1, 4) for s in (1, 2)]
+            for name in ("ncm/{}/logits", "isoncm/{}/logits", "tip/{}/alpha", "ape/{}/alpha",
+                         "semobridge/{}/lambda1", "semobridge/{}/lambda2", "semobridge/{}/lambda3"):
+                assert arrays[f"{name.format(key)}/{split}"].shape == (n[split], C)
+    assert attrs["draws"] == [draw_key(k, s) for k in (1, 4) for s in (1, 2)]
     assert set(attrs["choices"]) == {"tip", "ape", "semobridge"}
-    semo = attrs["choices"]["semobridge"][fewshot_key(4, 1)]
+    semo = attrs["choices"]["semobridge"][draw_key(4, 1)]
     assert semo["shots_per_class"] == 8  # K (1 + one hflip copy)
     assert attrs["bridge"]["n_sigma"] == D and arrays["spectrum/W_txt"].shape == (D,)
 
 
 def test_ncm_matches_an_independent_loop(toy_run):
     feats, fewshot, (arrays, _) = toy_run
-    key = fewshot_key(4, 2)
+    key = draw_key(4, 2)
     train = fewshot["draws"][key]["train"]
     test = feats.split == 2
     q = feats.emb[test] / np.linalg.norm(feats.emb[test], axis=1, keepdims=True)
@@ -108,12 +108,12 @@ def test_ncm_matches_an_independent_loop(toy_run):
         mine = [feats.emb[list(feats.item).index(i)] for i in train if feats.label[list(feats.item).index(i)] == c]
         centre = np.mean(mine, axis=0)
         expected[:, c] = q @ (centre / np.linalg.norm(centre))
-    np.testing.assert_allclose(arrays[f"ncm/{key}/test"], expected, atol=1e-5)
+    np.testing.assert_allclose(arrays[f"ncm/{key}/logits/test"], expected, atol=1e-5)
 
 
 def test_tip_component_is_the_affinity_at_the_chosen_beta(toy_run):
     feats, fewshot, (arrays, attrs) = toy_run
-    key = fewshot_key(1, 1)
+    key = draw_key(1, 1)
     beta = attrs["choices"]["tip"][key]["beta"]
     view_set = toy_views(feats, fewshot)
     item = fewshot["draws"][key]["train"]  # one shot per class, class order
@@ -121,7 +121,7 @@ def test_tip_component_is_the_affinity_at_the_chosen_beta(toy_run):
     keys /= np.linalg.norm(keys, axis=1, keepdims=True)
     q = feats.emb[feats.split == 2]
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    np.testing.assert_allclose(arrays[f"tip/{key}/test"], np.exp(-beta * (1 - q @ keys.T)), rtol=1e-5)
+    np.testing.assert_allclose(arrays[f"tip/{key}/alpha/test"], np.exp(-beta * (1 - q @ keys.T)), rtol=1e-5)
 
 
 def test_choices_never_see_test_rows(toy_run):
@@ -150,8 +150,9 @@ def test_coop_val_protocol_indexes_the_val_rows():
 
 
 def test_overrides_merge_per_dataset():
-    cfg = adapt.methods_section({"methods": METHODS}, "toy-arch", "other")
-    assert cfg["tip"]["scales"] == [12.0, 10.0] and cfg["tip"]["steps"] == [12, 5]
+    cfg = config.methods({"methods": METHODS}, "toy-arch", "other", REGISTRY)
+    assert cfg.settings["tip"].scales == (12.0, 10.0) and cfg.settings["tip"].steps == (12, 5)
+    assert settings().settings["tip"].scales == (7.0, 3.0)
 
 
 @pytest.mark.parametrize("change, key", [
@@ -159,13 +160,21 @@ def test_overrides_merge_per_dataset():
     ({"enabled": []}, "methods.enabled"),
     ({"tip": {"scales": [7], "steps": [200, 20]}}, "methods.tip.scales"),
     ({"tip": {"scales": [7, 3], "steps": [200, 2.5]}}, "methods.tip.steps"),
+    ({"tip": {"scales": [-7, 3], "steps": [200, 20]}}, "methods.tip.scales"),
+    ({"tip": {"scales": [7, 3], "steps": [200, True]}}, "methods.tip.steps"),
+    ({"overrides": {"toy": {"tip": {"scales": [7, -1]}}}}, r"methods.tip \(with methods.overrides.toy\).scales"),
+    ({"overrides": {"toy": {"coop": {"ctx": 4}}}}, "methods.overrides.toy.coop"),
     ({"ape": {**METHODS["ape"], "channels": 1.5}}, "methods.ape.channels"),
+    ({"ape": {**METHODS["ape"], "channels": 0}}, "methods.ape.channels"),
+    ({"ape": {**METHODS["ape"], "channels": -0.5}}, "methods.ape.channels"),
+    ({"ape": {**METHODS["ape"], "w": [-0.5, 0.5]}}, "methods.ape.w"),
+    ({"semobridge": {**METHODS["semobridge"], "atol": -0.1}}, "methods.semobridge.atol"),
     ({"semobridge": {**METHODS["semobridge"], "extra_shots": "jitter"}}, "methods.semobridge.extra_shots"),
     ({"semobridge": {**METHODS["semobridge"], "trials": "many"}}, "methods.semobridge.trials"),
     ({"isoclip": {"ViT-B-32-quickgelu": {"k_top": 150, "k_bottom": 50}}}, "methods.isoclip.toy-arch"),
 ])
 def test_bad_method_params_name_the_key(change, key):
-    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+    with pytest.raises(ParamsError, match=key if "\\" in key else key.replace(".", r"\.")):
         settings(**change)
 
 
@@ -187,6 +196,7 @@ def test_views_missing_a_drawn_item_is_refused(toy_run):
 # ----------------------------------------------------------------------------- on the demo repo
 
 
+@pytest.mark.slow
 def test_demo_logits_store_and_spectrum(demo_repo):
     group = zarr.open_group(demo_repo / "logits" / "demo" / "shapes" / "logits.zarr", mode="r")
     attrs = dict(group.attrs)
@@ -197,9 +207,10 @@ def test_demo_logits_store_and_spectrum(demo_repo):
     assert group["spectrum/psi"].shape == (128,)  # d_v = d_t = 128 for demo-clip, rank <= D = 64
     assert attrs["modality_gap"] > 0
     n_test = (zarr.open_group(demo_repo / "features" / "demo" / "shapes" / "images.zarr", mode="r")["image/split"][...] == 2).sum()
-    assert group["semobridge/shot_16-seed_1/test"].shape == (3, n_test, 36)
+    assert group["semobridge/shot_16-seed_1/lambda3/test"].shape == (n_test, 36)
 
 
+@pytest.mark.slow
 def test_nan_features_are_refused(demo_repo, tmp_path):
     src = demo_repo / "features" / "demo" / "shapes"
     shutil.copytree(src / "images.zarr", tmp_path / "images.zarr")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_dataset
-from pipeline import datasets, demo, params
+from pipeline import config, datasets, demo
 
 REAL = [("eurosat", "split_zhou_EuroSAT.json"), ("caltech101", "split_zhou_Caltech101.json"),
         ("dtd", "split_zhou_DescribableTextures.json")]
@@ -149,8 +149,8 @@ def test_shapes_files_are_the_demo_trainers_scenes_through_the_camera(tmp_path, 
     ({"data": {"y": {}}}, "no entry 'x' under 'data'"),
 ])
 def test_bad_dataset_params(section, message):
-    with pytest.raises(params.ParamsError, match=message):
-        params.dataset_entry(section, "x")
+    with pytest.raises(config.ParamsError, match=message):
+        config.dataset(section, "x", datasets.COOP)
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -164,5 +164,5 @@ def test_bad_dataset_params(section, message):
     ({"arch": "ViT-B-32", "source": "random", "seed": True}, "'model_zoo.m.seed' = True should be int"),
 ])
 def test_bad_model_params(entry, message):
-    with pytest.raises(params.ParamsError, match=message):
-        params.model_entry({"model_zoo": {"m": entry}}, "m")
+    with pytest.raises(config.ParamsError, match=message):
+        config.model({"model_zoo": {"m": entry}}, "m", demo.DemoRecipe)

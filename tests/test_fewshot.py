@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.fewshot import draw_fewshot, fewshot_key
+from pipeline.fewshot import draw_fewshot
+from pipeline.layout import draw_key
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 SPLITS = {
@@ -65,13 +66,13 @@ def test_train_draws_match_readme_rule_and_full_val(name):
     train, val = indexed(split)
     shots, seeds = [1, 4, 16], [1, 2, 3]
     draws = draw_fewshot(manifest_from_split(split), shots, seeds)
-    assert set(draws) == {fewshot_key(k, s) for k in shots for s in seeds}
+    assert set(draws) == {draw_key(k, s) for k in shots for s in seeds}
     n_classes = len({label for _, label in train})
     for k in shots:
         for s in seeds:
             random.seed(s)
             expected = readme_rule(train, k)
-            d = draws[fewshot_key(k, s)]
+            d = draws[draw_key(k, s)]
             assert (d["shots"], d["seed"]) == (k, s)
             assert d["train"] == expected
             assert len(d["train"]) == n_classes * k
@@ -89,7 +90,7 @@ def test_coop_val_continues_the_train_stream(name):
             random.seed(s)
             expected_train = readme_rule(train, k)
             expected_val = readme_rule(val, min(k, 4))
-            d = draws[fewshot_key(k, s)]
+            d = draws[draw_key(k, s)]
             assert d["train"] == expected_train
             assert d["val"] == expected_val
 
@@ -120,7 +121,7 @@ def test_too_few_images_raises_with_class_count_and_k():
 
 def test_repeat_samples_with_replacement_like_tip_adapter():
     frame = toy_manifest({0: 5, 1: 2})
-    d = draw_fewshot(frame, [3], [4], repeat=True)[fewshot_key(3, 4)]
+    d = draw_fewshot(frame, [3], [4], repeat=True)[draw_key(3, 4)]
     random.seed(4)
     items0 = [100 + i for i in range(5)]
     items1 = [105, 106]

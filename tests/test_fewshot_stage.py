@@ -13,9 +13,10 @@ import zarr
 from PIL import Image
 from torchvision import transforms
 
-from pipeline import draws, views
+from pipeline import config, draws, views
+from pipeline.config import ParamsError
 from pipeline.fewshot import draw_fewshot
-from pipeline.params import ParamsError
+from pipeline.io import atomic_write_json
 from test_adapt import toy_manifest
 
 FEWSHOT = {"shots": [1, 2, 4, 8, 16], "seeds": [1, 2, 3], "val": "full", "repeat": False}
@@ -35,24 +36,28 @@ VIEWS = {"n_views": 10, "scale": [0.5, 1.0], "flip": True, "seed": 0}
 ])
 def test_bad_fewshot_params_name_the_key(change, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        draws.fewshot_section({"fewshot": {**FEWSHOT, **change}})
+        config.fewshot({"fewshot": {**FEWSHOT, **change}})
+
+
+def fewshot_cfg(**change) -> config.Fewshot:
+    return config.fewshot({"fewshot": {**FEWSHOT, **change}})
 
 
 def test_shots_beyond_a_class_are_a_clear_error_unless_repeat():
     man = toy_manifest()  # 6 train images per class
-    cfg = {**draws.fewshot_section({"fewshot": FEWSHOT}), "shots": [8]}
+    cfg = fewshot_cfg(shots=[8])
     with pytest.raises(draws.DrawsError, match=r"has 6 train images, fewer than shots=8.*fewshot\.repeat"):
         draws.make(man, {"name": "toy", "manifest_sha256": "x"}, cfg)
-    fewshot = draws.make(man, {"name": "toy", "manifest_sha256": "x"}, {**cfg, "repeat": True})
+    fewshot = draws.make(man, {"name": "toy", "manifest_sha256": "x"}, fewshot_cfg(shots=[8], repeat=True))
     assert len(fewshot["draws"]["shot_8-seed_1"]["train"]) == 8 * 4
 
 
 def test_fewshot_json_is_bound_to_its_manifest(tmp_path):
     man = toy_manifest()
-    fewshot = draws.make(man, {"name": "toy", "manifest_sha256": "abc"}, {**FEWSHOT, "shots": [1, 4]})
+    fewshot = draws.make(man, {"name": "toy", "manifest_sha256": "abc"}, fewshot_cfg(shots=[1, 4]))
     assert fewshot["draws"] == draw_fewshot(man, [1, 4], [1, 2, 3])
     path = tmp_path / "fewshot.json"
-    draws.write(path, fewshot)
+    atomic_write_json(path, fewshot)
     assert draws.load(path, "abc")["draws"] == fewshot["draws"]
     with pytest.raises(draws.DrawsError, match="drawn on manifest 'abc'.*'def'"):
         draws.load(path, "def")
@@ -62,7 +67,7 @@ def test_fewshot_json_is_bound_to_its_manifest(tmp_path):
 
 def test_draw_rows_are_class_major():
     man = toy_manifest()
-    fewshot = draws.make(man, {"name": "toy", "manifest_sha256": "x"}, {**FEWSHOT, "shots": [4]})
+    fewshot = draws.make(man, {"name": "toy", "manifest_sha256": "x"}, fewshot_cfg(shots=[4]))
     items, labels = man["item"].to_numpy(), man["label"].to_numpy()
     rows = draws.rows_of(items, fewshot["draws"]["shot_4-seed_2"]["train"])
     idx = draws.class_major(rows, labels[rows], 4, 4)
@@ -81,7 +86,7 @@ def test_draw_rows_are_class_major():
 ])
 def test_bad_views_params_name_the_key(change, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
-        views.views_section({"views": {**VIEWS, **change}})
+        config.views({"views": {**VIEWS, **change}})
 
 
 def test_crop_box_within_image_and_scale():
@@ -98,7 +103,7 @@ def test_views_are_seeded_per_item_and_view(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     card = {"preprocess": {"size": [32, 32], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.25] * 3}}
     pre = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32), transforms.ToTensor()])
-    recipe = views.views_section({"views": {**VIEWS, "n_views": 4}})
+    recipe = config.views({"views": {**VIEWS, "n_views": 4}})
     a = views.ViewImages(tmp_path, ["0.png", "1.png", "2.png"], np.array([7, 8, 9]), recipe, card, pre)
     b = views.ViewImages(tmp_path, ["2.png", "0.png"], np.array([9, 7]), recipe, card, pre)
     assert a[0].shape == (5, 3, 32, 32)
@@ -111,6 +116,7 @@ def test_views_are_seeded_per_item_and_view(tmp_path):
 # ----------------------------------------------------------------------------- on the demo repo
 
 
+@pytest.mark.slow
 def test_demo_fewshot_and_views_stores(demo_repo):
     dataset = json.loads((demo_repo / "data" / "shapes" / "dataset.json").read_text())
     manifest = pd.read_parquet(demo_repo / "data" / "shapes" / "manifest.parquet")
@@ -122,6 +128,7 @@ def test_demo_fewshot_and_views_stores(demo_repo):
     assert dict(group.attrs)["provenance"]["views"] == {**VIEWS, "scale": [0.5, 1.0]}
 
 
+@pytest.mark.slow
 def test_demo_bad_shots_fail_clearly_and_write_nothing(demo_repo):
     params_file = demo_repo / "params.yaml"
     out = demo_repo / "fewshot" / "shapes" / "fewshot.json"

@@ -11,8 +11,9 @@ import yaml
 import zarr
 
 from conftest import run
-from pipeline import adapt, evaluate, fusion
-from pipeline.params import ParamsError
+from pipeline import adapt, config, evaluate, fusion
+from pipeline.config import ParamsError
+from pipeline.methods import REGISTRY
 from pipeline.store import write_store
 from test_adapt import settings, toy_features, toy_fewshot, toy_views
 
@@ -31,7 +32,7 @@ FEW_SHOT = ("ncm", "isoncm", "tip", "ape", "semobridge")
 def cfg(**changes) -> dict:
     section = copy.deepcopy(FUSION)
     section.update(changes)
-    return evaluate.fusion_section({"fusion": section})
+    return config.fusion({"fusion": section}, REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +48,34 @@ def open_(path):
     return zarr.open_group(path, mode="r")
 
 
-def test_metrics_are_hierarchical_with_seed_mean_and_std(store):
-    metrics, picks = evaluate.evaluate_store(open_(store), "toy", cfg())
-    assert set(metrics) >= {"zeroshot", *FEW_SHOT, "modality_gap", "spectrum"}
-    assert set(metrics["zeroshot"]) == {"test_acc"}
-    cell = metrics["tip"]["shots_4"]
-    seeds = [cell["seed_1"], cell["seed_2"]]
-    assert cell["mean"] == pytest.approx(np.mean(seeds), abs=1e-3)
-    assert cell["std"] == pytest.approx(np.std(seeds), abs=1e-3)
-    assert set(picks["semobridge"]["shot_1-seed_2"]["weights"]) == {"lambda1", "lambda2", "lambda3"}
+def _acc(logits: np.ndarray, labels: np.ndarray) -> float:
+    return 100 * float((logits.argmax(1) == labels).mean())
+
+
+def test_fixed_weights_metrics_equal_a_hand_computation_from_the_raw_arrays(store):
+    # fixed weights: every figure is recomputed here from the stored arrays with numpy
+    group, c = open_(store), cfg(mode="fixed")
+    metrics, picks, rows = evaluate.evaluate_store(group, "toy", c)
+    y = group["label/test"][...]
+    zs = group["zeroshot/all/logits/test"][...]
+    assert metrics["zeroshot"] == {"test_acc": pytest.approx(_acc(zs, y), abs=1e-3)}
+    fused = {
+        "tip": lambda k: zs + 1.0 * group[f"tip/{k}/alpha/test"][...],
+        "ape": lambda k: zs + 2.0 * group[f"ape/{k}/alpha/test"][...],
+        "semobridge": lambda k: sum(w * group[f"semobridge/{k}/lambda{i}/test"][...]
+                                    for i, w in ((1, 0.5), (2, 0.25), (3, 0.125))),
+        "ncm": lambda k: group[f"ncm/{k}/logits/test"][...],
+    }
+    for method, logits in fused.items():
+        for shots in (1, 4):
+            accs = [_acc(logits(f"shot_{shots}-seed_{s}"), y) for s in (1, 2)]
+            assert metrics[method][f"shots_{shots}"] == {"mean": pytest.approx(np.mean(accs), abs=1e-3),
+                                                         "std": pytest.approx(np.std(accs), abs=1e-3)}
+            for s, acc in zip((1, 2), accs):
+                assert {"method": method, "shots": shots, "seed": s, "test_acc": pytest.approx(acc, abs=1e-3),
+                        "val_acc": picks[method][f"shot_{shots}-seed_{s}"]["val_acc"]} in rows
+    assert not any(k.startswith("seed_") for m in FEW_SHOT for cell in metrics[m].values() for k in cell)
+    assert len(rows) == len(FEW_SHOT) * 4
     assert "adapt" in picks["ape"]["shot_4-seed_1"]
 
 
@@ -70,8 +90,8 @@ def test_choices_never_read_test(store, tmp_path):
             values = rng.normal(size=arr.shape) if arr.dtype.kind == "f" else rng.integers(0, 4, size=arr.shape)
             arr[...] = values.astype(arr.dtype)
     for mode in ("search", "fixed", "reference"):
-        _, clean = evaluate.evaluate_store(open_(store), "clean", cfg(mode=mode))
-        _, dirty = evaluate.evaluate_store(open_(junk), "junk", cfg(mode=mode))
+        _, clean, _ = evaluate.evaluate_store(open_(store), "clean", cfg(mode=mode))
+        _, dirty, _ = evaluate.evaluate_store(open_(junk), "junk", cfg(mode=mode))
         for method in clean:
             for key in clean[method]:
                 assert clean[method][key]["weights"] == dirty[method][key]["weights"], (mode, method, key)
@@ -90,12 +110,12 @@ def test_search_picks_the_first_best_of_an_explicit_loop(store):
     key = "shot_4-seed_2"
     rows = group[f"draw/{key}/val_index"][...]
     labels = torch.from_numpy(group["label/val"][...].astype(np.int64))[rows]
-    _, comps = evaluate.components(group, "semobridge", key, "val", rows)
-    trials = fusion.sample_weights(c["ranges"]["semobridge"], c["trials"], c["seed"], c["grid"])
-    accs = [float(((w[0] * comps["lambda1"] + w[1] * comps["lambda2"] + w[2] * comps["lambda3"]).argmax(1)
-                   == labels).double().mean() * 100) for w in trials]
+    z = [torch.from_numpy(group[f"semobridge/{key}/lambda{i}/val"][...][rows]) for i in (1, 2, 3)]
+    trials = fusion.sample_weights(c.ranges["semobridge"], c.trials, c.seed, c.grid)
+    accs = [float(((w[0] * z[0] + w[1] * z[1] + w[2] * z[2]).argmax(1) == labels).double().mean() * 100)
+            for w in trials]
     best = int(np.argmax(accs))
-    _, picks = evaluate.evaluate_store(group, "toy", c)
+    _, picks, _ = evaluate.evaluate_store(group, "toy", c)
     pick = picks["semobridge"][key]
     assert pick["val_acc"] == pytest.approx(accs[best], abs=1e-3)
     assert list(pick["weights"].values()) == pytest.approx(trials[best].tolist())
@@ -103,10 +123,10 @@ def test_search_picks_the_first_best_of_an_explicit_loop(store):
 
 def test_fixed_and_reference_modes(store):
     group = open_(store)
-    _, fixed = evaluate.evaluate_store(group, "toy", cfg(mode="fixed"))
+    _, fixed, _ = evaluate.evaluate_store(group, "toy", cfg(mode="fixed"))
     assert fixed["ape"]["shot_1-seed_1"]["weights"] == {"alpha": 2.0}
     assert fixed["semobridge"]["shot_4-seed_1"]["weights"] == {"lambda1": 0.5, "lambda2": 0.25, "lambda3": 0.125}
-    _, ref = evaluate.evaluate_store(group, "toy", cfg(mode="reference"))
+    _, ref, _ = evaluate.evaluate_store(group, "toy", cfg(mode="reference"))
     choices = dict(group.attrs)["choices"]
     for key in ("shot_1-seed_1", "shot_4-seed_2"):
         assert ref["tip"][key]["weights"] == {"alpha": choices["tip"][key]["alpha"]}
@@ -152,12 +172,14 @@ def _demo_16_shot(demo_repo) -> tuple[float, dict]:
     return metrics["zeroshot"]["test_acc"], at16
 
 
+@pytest.mark.slow
 def test_demo_16_shots_few_shot_methods_beat_zero_shot(demo_repo, record_property):
     zs, at16 = _demo_16_shot(demo_repo)
     record_property("margins_over_zero_shot", {m: round(a - zs, 4) for m, a in at16.items()})
     assert all(acc > zs for acc in at16.values()), (zs, at16)
 
 
+@pytest.mark.slow
 def test_demo_16_shots_semobridge_at_least_ncm(demo_repo, record_property):
     _, at16 = _demo_16_shot(demo_repo)
     margin = at16["semobridge"] - at16["ncm"]
@@ -166,6 +188,7 @@ def test_demo_16_shots_semobridge_at_least_ncm(demo_repo, record_property):
     assert margin >= 0, (at16["semobridge"], at16["ncm"])
 
 
+@pytest.mark.slow
 def test_demo_fusion_param_reruns_fuse_only(demo_repo):
     params_file = demo_repo / "params.yaml"
     original = params_file.read_text()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import metrics
 from pipeline.methods import ape, isoclip, ncm, semobridge, tip_adapter
 
 F64 = torch.float64
@@ -51,9 +52,12 @@ def test_bridge_is_scaled_projection_onto_kept_right_singular_directions(d_t, D)
 
 def test_spectrum_helpers_on_planted_values():
     W, _, _ = planted(SIGMAS, 6, 9)
-    torch.testing.assert_close(semobridge.singular_values(W), torch.tensor(SIGMAS, dtype=F64))
-    assert semobridge.num_truncated(W, atol=0.3) == 2
-    assert semobridge.num_truncated(W, atol=0.05) == 0
+    W_img = torch.randn(5, 9, generator=gen(7), dtype=F64)
+    s_txt, s_psi = metrics.projection_spectra(W_img.numpy(), W.numpy())
+    np.testing.assert_allclose(s_txt, SIGMAS, rtol=1e-12)
+    assert int((s_txt <= 0.3).sum()) == 2 and int((s_txt <= 0.05).sum()) == 0
+    np.testing.assert_allclose(s_psi, np.linalg.svd((W_img @ W.T).numpy(), compute_uv=False), rtol=1e-10, atol=1e-12)
+    assert metrics.numerical_rank(np.array([3.0, 1.0, 1e-3, 1e-9])) == 3
 
 
 def test_bridge_preserves_direction_when_nothing_is_truncated():
@@ -89,11 +93,10 @@ def kl_one_hot_loop(rows: torch.Tensor, row_labels: list[int], text: torch.Tenso
     return torch.stack(out)
 
 
-def test_class_weights_match_explicit_kl():
+def test_class_divergence_matches_explicit_kl():
     protos = unit(torch.randn(5, 8, generator=gen(5), dtype=F64))
     text = unit(torch.randn(5, 8, generator=gen(6), dtype=F64))
-    expected = torch.exp(0.7 * kl_one_hot_loop(protos, range(5), text))
-    torch.testing.assert_close(semobridge.class_weights(protos, text, 0.7), expected)
+    torch.testing.assert_close(semobridge.class_divergence(protos, text), kl_one_hot_loop(protos, range(5), text))
 
 
 def test_semobridge_terms_are_paired_as_in_the_reference_code():
@@ -128,8 +131,8 @@ def test_semobridge_terms_are_paired_as_in_the_reference_code():
                 z3 = torch.exp(-g * (1 - q_hat @ raw_protos[c])) * w  # bridged query vs raw prototypes
                 expected[n, c] = l1 * z1 + l2 * z2 + l3 * z3
         torch.testing.assert_close(built[t], expected)
-        params = dict(zip(semobridge.PARAM_NAMES, rows[t]))
-        torch.testing.assert_close(semobridge.semobridge_logits(cos, params), expected)
+        z1, z2, z3 = semobridge.semobridge_terms(cos, sm, a, b, g)   # what adapt stores per component
+        torch.testing.assert_close(l1 * z1 + l2 * z2 + l3 * z3, expected)
 
 
 # ----------------------------------------------------------------------------- APE
@@ -188,7 +191,7 @@ def ape_reference_logits(query, text, keys, channels, alpha, beta, gamma):
 def test_ape_logits_match_explicit_formula():
     query, _, text, keys = ape_problem(20)
     channels = ape.select_channels(text, keys, 6, 0.5, 0.5)
-    got = ape.ape_logits(query, text, keys, channels, alpha=1.3, beta=4.0, gamma=0.6)
+    got = 100 * unit(query) @ text.T + 1.3 * ape.ape_cache_affinity(query, text, keys, channels, beta=4.0, gamma=0.6)
     torch.testing.assert_close(got, ape_reference_logits(query, text, keys, channels, 1.3, 4.0, 0.6))
 
 
@@ -241,11 +244,11 @@ def tip_reference_logits(query, text, keys, alpha, beta):
     return 100 * q @ text.T + alpha * torch.exp(-beta * (1 - q @ keys.reshape(C * K, D).T)) @ one_hot_values(C, K)
 
 
-def test_tip_logits_match_formula_and_reduce_to_zero_shot_at_alpha_zero():
+def test_tip_cache_affinity_matches_the_formula():
     query, _, text, keys = ape_problem(40)
+    zero_shot = 100 * unit(query) @ text.T
     expected = tip_reference_logits(query, text, keys, 2.0, 5.5)
-    torch.testing.assert_close(tip_adapter.tip_logits(query, text, keys, 2.0, 5.5), expected)
-    torch.testing.assert_close(tip_adapter.tip_logits(query, text, keys, 0.0, 5.5), 100 * unit(query) @ text.T)
+    torch.testing.assert_close(zero_shot + 2.0 * tip_adapter.cache_affinity(query, keys, 5.5), expected)
 
 
 @pytest.mark.parametrize("budget", [None, 29])
@@ -267,23 +270,12 @@ def test_tip_search_equals_brute_force(monkeypatch, budget):
 # ----------------------------------------------------------------------------- NCM
 
 
-def test_ncm_uses_normalised_mean_of_raw_shots():
-    shots = torch.tensor([[10.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, 4.0], [1.0, 1.0]])
-    labels = torch.tensor([0, 0, 1, 1, 1])
-    protos = ncm.ncm_prototypes(shots, labels, 2)
-    # class 0: mean (5, 0.5), not the mean of unit rows (0.5, 0.5); class 1: mean (1/3, 7/3)
-    torch.testing.assert_close(protos, unit(torch.tensor([[5.0, 0.5], [1 / 3, 7 / 3]])))
+def test_ncm_logits_are_cosines_to_unit_prototypes():
+    protos = unit(torch.tensor([[5.0, 0.5], [1 / 3, 7 / 3]]))
     query = torch.tensor([[0.3, 1.0], [3.0, 0.0]])
     expected = torch.tensor([[(0.3 * p[0] + p[1]) / (0.09 + 1) ** 0.5 for p in protos], [p[0] for p in protos]])
     torch.testing.assert_close(ncm.ncm_logits(query, protos), expected)
     assert ncm.ncm_logits(query, protos).argmax(1).tolist() == [1, 0]
-
-
-def test_class_means_rejects_empty_class_and_bad_labels():
-    with pytest.raises(ValueError, match=r"classes \[1\]"):
-        ncm.class_means(torch.ones(3, 2), torch.tensor([0, 0, 2]), 3)
-    with pytest.raises(ValueError, match="labels"):
-        ncm.class_means(torch.ones(3, 2), torch.tensor([0, 1, 5]), 3)
 
 
 # ----------------------------------------------------------------------------- IsoCLIP
@@ -324,18 +316,6 @@ def test_iso_with_no_cut_is_projection_onto_range_of_psi_in_general():
     x = torch.randn(5, 12, generator=gen(62), dtype=F64)
     torch.testing.assert_close(x @ isoclip.iso_image_projector(W_img, U), x @ proj @ W_img)
     assert not torch.allclose(x @ isoclip.iso_image_projector(W_img, U), x @ W_img)
-
-
-def test_isoncm_matches_explicit_prototypes():
-    W_img, W_txt = iso_weights(6, 5, 5)
-    U, _ = isoclip.iso_basis(W_img, W_txt, 1, 1)
-    W_iso = isoclip.iso_image_projector(W_img, U)
-    train = torch.randn(7, 6, generator=gen(63), dtype=F64)
-    labels = torch.tensor([0, 1, 1, 2, 2, 2, 0])
-    query = torch.randn(4, 6, generator=gen(64), dtype=F64)
-    protos = [unit(train[labels == c].mean(0) @ W_iso) for c in range(3)]
-    expected = torch.tensor([[unit(x @ W_iso) @ p for p in protos] for x in query], dtype=F64)
-    torch.testing.assert_close(isoclip.isoncm_logits(query, train, labels, 3, W_iso), expected)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ import pytest
 
 from pipeline import retrieval_variants as rv
 from pipeline.features import MODEL_KEYS, Features
-from pipeline.params import ParamsError
+from pipeline import config
+from pipeline.config import ParamsError
 
 ALL = list(rv.VARIANTS)
 
@@ -60,6 +61,10 @@ def params(**retrieval):
                                           "semobridge": {"atol": 0.3}}}
 
 
+def retrieval_config(p, arch):
+    return config.retrieval(p, arch, rv.VARIANTS)
+
+
 def tasks(feats, cfg, variants=None):
     q = rv.split_rows(feats.split, cfg.query, "query")
     g = rv.split_rows(feats.split, cfg.gallery, "gallery")
@@ -91,7 +96,7 @@ def brute_force(query, q_lab, gallery, g_lab, q_ids=None, g_ids=None):
 def test_isoclip_without_cut_equals_plain_projection_baseline(dims):
     d_v, d_t, D = dims
     feats = make_features(1, d_v, d_t, D)
-    cfg = rv.config(params(variants=["i2i", "i2i_isoclip"]) | {"methods": {"isoclip": {"toy": {
+    cfg = retrieval_config(params(variants=["i2i", "i2i_isoclip"]) | {"methods": {"isoclip": {"toy": {
         "k_top": 0, "k_bottom": 0}}}}, "toy")
     t = tasks(feats, cfg)
     iso, base = t["i2i_isoclip"], t["i2i"]
@@ -106,7 +111,7 @@ def test_isoclip_without_cut_equals_plain_projection_baseline(dims):
 
 def test_isoclip_band_is_the_svd_middle_band_on_both_sides():
     feats = make_features(2)
-    cfg = rv.config(params(variants=["i2i_isoclip"]), "toy")  # k_top 1, k_bottom 2, r = 8
+    cfg = retrieval_config(params(variants=["i2i_isoclip"]), "toy")  # k_top 1, k_bottom 2, r = 8
     task = tasks(feats, cfg)["i2i_isoclip"]
     U, S, _ = np.linalg.svd(feats.W_img.astype(np.float64) @ feats.W_txt.T.astype(np.float64))
     assert np.all(np.diff(S[:8]) < 0)
@@ -122,7 +127,7 @@ def test_isoclip_band_is_the_svd_middle_band_on_both_sides():
 
 def test_isoclip_info_counts_null_directions_when_embed_dim_is_small():
     feats = make_features(3, d_v=16, d_t=16, D=8)  # like the demo: r = 16, rank(Psi) = 8
-    cfg = rv.config(params(variants=["i2i_isoclip"]) | {"methods": {"isoclip": {"toy": {
+    cfg = retrieval_config(params(variants=["i2i_isoclip"]) | {"methods": {"isoclip": {"toy": {
         "k_top": 2, "k_bottom": 10}}}}, "toy")
     info = tasks(feats, cfg)["i2i_isoclip"].info
     assert info == {"k_top": 2, "k_bottom": 10, "r": 16, "rank_psi": 8, "kept": [2, 6], "kept_nonzero": 4}
@@ -132,12 +137,12 @@ def test_isoclip_refuses_affine_projection():
     feats = make_features(4)
     feats.b_img = np.ones(feats.W_img.shape[1], np.float32)
     with pytest.raises(rv.VariantSkipped, match="bias-free"):
-        tasks(feats, rv.config(params(), "toy"), ["i2i_isoclip"])
+        tasks(feats, retrieval_config(params(), "toy"), ["i2i_isoclip"])
 
 
 def test_t2t_isoclip_is_text_band_with_leave_one_out():
     feats = make_features(5, n_prompts=3)
-    cfg = rv.config(params(variants=["t2t_isoclip"]), "toy")  # text k_top 1, k_bottom 1
+    cfg = retrieval_config(params(variants=["t2t_isoclip"]), "toy")  # text k_top 1, k_bottom 1
     task = tasks(feats, cfg)["t2t_isoclip"]
     _, _, Vt = np.linalg.svd(feats.W_img.astype(np.float64) @ feats.W_txt.T.astype(np.float64))
     band = Vt[1:7].T
@@ -155,7 +160,7 @@ def test_text_variants_skip_with_one_prompt():
     feats = make_features(6, n_prompts=1)
     for v in ("t2t", "t2t_isoclip"):
         with pytest.raises(rv.VariantSkipped, match="2 prompts"):
-            tasks(feats, rv.config(params(), "toy"), [v])
+            tasks(feats, retrieval_config(params(), "toy"), [v])
 
 
 # ----------------------------------------------------------------------------- SeMoBridge
@@ -165,7 +170,7 @@ def test_bridge_variants_project_onto_kept_right_singular_directions():
     rng = np.random.default_rng(7)
     W_txt = with_spectrum(rng, 8, 8, [2.0, 1.5, 1.2, 1.0, 0.8, 0.5, 0.2, 0.1])  # two values <= 0.3
     feats = make_features(7, W_txt=W_txt)
-    t = tasks(feats, rv.config(params(), "toy"), ["i2i_bridge_query", "i2i_bridge_both"])
+    t = tasks(feats, retrieval_config(params(), "toy"), ["i2i_bridge_query", "i2i_bridge_both"])
     _, _, Vt = np.linalg.svd(W_txt)
     B = Vt[:6].T  # right singular vectors with sigma > 0.3 (METHODS.md §3.2, derived form)
     f_q, f_g = feats.emb[feats.split == 2], feats.emb[feats.split == 0]
@@ -184,7 +189,7 @@ def test_bridge_variants_project_onto_kept_right_singular_directions():
 def test_bridge_without_truncation_ranks_like_the_baseline():
     rng = np.random.default_rng(8)
     feats = make_features(8, W_txt=with_spectrum(rng, 8, 8, np.linspace(2.0, 0.5, 8)))
-    t = tasks(feats, rv.config(params(), "toy"), ["i2i", "i2i_bridge_query", "i2i_bridge_both"])
+    t = tasks(feats, retrieval_config(params(), "toy"), ["i2i", "i2i_bridge_query", "i2i_bridge_both"])
     base = rv.run(t["i2i"], [1, 5])
     assert t["i2i_bridge_both"].info["direction_preserving"]
     for v in ("i2i_bridge_query", "i2i_bridge_both"):
@@ -196,7 +201,7 @@ def test_bridge_without_truncation_ranks_like_the_baseline():
 
 def test_i2t_r1_is_zero_shot_accuracy_and_ap_is_reciprocal_rank():
     feats = make_features(9, n_cls=12)
-    task = tasks(feats, rv.config(params(ks=[1, 5, 20]), "toy"), ["i2t"])["i2t"]
+    task = tasks(feats, retrieval_config(params(ks=[1, 5, 20]), "toy"), ["i2t"])["i2t"]
     # zero-shot classifier computed independently: normalise prompts, average, renormalise
     protos = unit(unit(feats.text_emb.astype(np.float64)).mean(axis=1))
     q = feats.emb[feats.split == 2]
@@ -219,7 +224,7 @@ def test_leave_one_out_drops_own_item_by_id_not_position():
     feats = make_features(10, ids=ids)
     feats.emb[10] = feats.emb[0]  # rows 0 (class 0) and 10 (class 1) tie exactly
     feats.emb[25] = feats.emb[24]
-    cfg = rv.config(params(query=["train", "val", "test"], gallery=["test", "train", "val"], leave_one_out=True,
+    cfg = retrieval_config(params(query=["train", "val", "test"], gallery=["test", "train", "val"], leave_one_out=True,
                            variants=["i2i"]), "toy")
     task = tasks(feats, cfg)["i2i"]
     assert np.array_equal(task.query_ids, ids) and task.leave_one_out
@@ -233,7 +238,7 @@ def test_class_without_gallery_item_is_skipped_and_named():
     feats = make_features(11)
     gone = (feats.label == 2) & (feats.split == 0)
     feats.split[gone] = 1  # class 2 has no train (gallery) item any more
-    got = rv.run(tasks(feats, rv.config(params(), "toy"), ["i2i"])["i2i"], [1])
+    got = rv.run(tasks(feats, retrieval_config(params(), "toy"), ["i2i"])["i2i"], [1])
     assert got["n_skipped_no_relevant"] == 5 and got["n_queries"] == 15
     assert got["skipped_classes"] == [2]
 
@@ -241,7 +246,7 @@ def test_class_without_gallery_item_is_skipped_and_named():
 def test_singleton_class_is_skipped_under_leave_one_out():
     feats = make_features(12, per_split=(1, 0, 0), n_cls=3)
     feats.label[2] = 0  # classes: 0, 1, 0 -> class 1 has only the query itself
-    cfg = rv.config(params(query=["train"], gallery=["train"], leave_one_out=True, ks=[1]), "toy")
+    cfg = retrieval_config(params(query=["train"], gallery=["train"], leave_one_out=True, ks=[1]), "toy")
     got = rv.run(tasks(feats, cfg, ["i2i"])["i2i"], [1])
     assert got["n_skipped_no_relevant"] == 1 and got["skipped_classes"] == [1]
 
@@ -263,23 +268,23 @@ def test_singleton_class_is_skipped_under_leave_one_out():
 ])
 def test_config_rejects(change, match):
     with pytest.raises(ParamsError, match=match):
-        rv.config(params(**change), "toy")
+        retrieval_config(params(**change), "toy")
 
 
 def test_config_names_missing_method_keys():
     p = params()
     del p["methods"]["isoclip"]["toy"]
     with pytest.raises(ParamsError, match=r"methods.isoclip.toy"):
-        rv.config(p, "toy")
+        retrieval_config(p, "toy")
     p = params(variants=["i2i_bridge_query"])
     p["methods"]["semobridge"] = {}
     with pytest.raises(ParamsError, match=r"methods.semobridge.atol"):
-        rv.config(p, "toy")
-    rv.config(params(variants=["i2i", "i2t"]) | {"methods": {}}, "toy")  # not needed, not read
+        retrieval_config(p, "toy")
+    retrieval_config(params(variants=["i2i", "i2t"]) | {"methods": {}}, "toy")  # not needed, not read
 
 
 def test_different_models_or_dims_are_refused():
-    cfg = rv.config(params(), "toy")
+    cfg = retrieval_config(params(), "toy")
     a, b = make_features(13), make_features(13, D=6)
     q, g = rv.split_rows(a.split, ["test"], "q"), rv.split_rows(b.split, ["train"], "g")
     with pytest.raises(ValueError, match="different W_img"):
@@ -295,7 +300,7 @@ def test_empty_gallery_nan_features_and_k_beyond_gallery():
     feats = make_features(14, per_split=(10, 0, 5))
     with pytest.raises(ValueError, match=r"gallery set \(splits \['val'\]\) is empty"):
         rv.split_rows(feats.split, ["val"], "gallery")
-    cfg = rv.config(params(), "toy")
+    cfg = retrieval_config(params(), "toy")
     task = tasks(feats, cfg, ["i2i"])["i2i"]
     with pytest.raises(ValueError, match="k=100 but the gallery has only 40"):
         rv.run(task, [1, 100])
@@ -328,7 +333,7 @@ def test_demo_report_and_i2t_equals_zero_shot_accuracy(demo_repo):
     print("\ndemo mAP per variant: " + ", ".join(f"{v} {m['mAP']:.2f}" for v, m in variants.items()))
 
     logits = open_store(demo_repo / "logits/demo/shapes/logits.zarr")
-    z, y = logits["zeroshot/test"][...], logits["label/test"][...]
+    z, y = logits["zeroshot/all/logits/test"][...], logits["label/test"][...]
     acc = 100 * np.mean(z.argmax(axis=1) == y)
     # queries whose top-2 zero-shot logits are within float noise may order differently between kernels
     top2 = np.sort(z, axis=1)[:, -2:]
@@ -341,7 +346,7 @@ def test_demo_isoclip_without_cut_equals_baseline(demo_repo):
     feats, card = _demo_features(demo_repo)
     p = params(variants=["i2i", "i2i_isoclip"]) | {"methods": {"isoclip": {card["arch"]: {"k_top": 0,
                                                                                           "k_bottom": 0}}}}
-    t = tasks(feats, rv.config(p, card["arch"]))
+    t = tasks(feats, retrieval_config(p, card["arch"]))
     np.testing.assert_allclose(unit(t["i2i_isoclip"].query), unit(t["i2i"].query), atol=1e-4)
     base, iso = rv.run(t["i2i"], [1, 5, 10]), rv.run(t["i2i_isoclip"], [1, 5, 10])
     assert iso["mAP"] == pytest.approx(base["mAP"], abs=0.05)

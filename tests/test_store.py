@@ -134,13 +134,13 @@ def test_store_without_inventory_still_opens(tmp_path):
 EXTRACT_SCRIPT = """
 import sys, torch, open_clip
 from pathlib import Path
-from pipeline import datasets, demo, models
+from pipeline import config, datasets, demo, models
 from pipeline.extract import extract_images
 out = Path(sys.argv[1])
 torch.manual_seed(0)
 demo.register_configs()
 if not (out / "model" / "model.pt").exists():
-    models.save(open_clip.create_model("demo-clip", pretrained=None), {"arch": "demo-clip", "source": "random"}, out / "model")
+    models.save(open_clip.create_model("demo-clip", pretrained=None), config.Model("demo-clip", "random"), out / "model")
     datasets.write_shapes(out / "data", 0, {"train": 10, "val": 1, "test": 1}).to_parquet(out / "manifest.parquet")
 import pandas as pd
 m = models.load(out / "model")
