@@ -1,0 +1,27 @@
+"""Stage scripts answer `--help` and a wrong argument count with their usage line, not a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.name for p in (ROOT / "stages").glob("*.py") if p.name != "common.py")
+
+
+def stage(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_prints_the_usage_line(script):
+    proc = stage(f"stages/{script}", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"usage: python stages/{script}") and "Traceback" not in proc.stderr
+
+
+def test_wrong_argument_count_prints_usage_and_fails():
+    proc = stage("stages/adapt.py", "demo")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "usage: python stages/adapt.py <model> <dataset>" in proc.stderr and "expected 2 argument(s)" in proc.stderr
