@@ -1,97 +1,72 @@
-"""Closed-form cost per method on cached features, and the cost of each method's val search in `adapt`.
+"""Per-method cost on cached features, through the method contract exactly as `adapt` runs each method.
 
-usage: python -m bench.closed_form [--repo .] [--model demo] [--dataset shapes] [--key shot_16-seed_1]
-Needs a reproduced repo. For one draw: seconds to build each training-free method with fixed knobs and
-score val + test (prototypes / cache keys / bridge / IsoCLIP basis, then logits), and seconds of each
-method's search on val as `adapt` runs it (Tip 200x20 grid, APE grid at params' steps and at the
-reference 200x20x20, SeMoBridge random rows), plus `adapt.run` for all draws and methods.
+usage: python -m bench.closed_form [--repo .] [--model demo] [--dataset shapes] [--methods NAME ...]
+Needs a reproduced repo. Builds `pipeline.adapt.Inputs` once and every draw of fewshot.json as a
+`pipeline.adapt.Draw` once; then for each method (default: every one in `pipeline.methods.REGISTRY`, with
+its params block; `--methods` picks some): `setup` once, and per draw (one fit, draw None, for draw-free
+methods such as zero-shot) `fit`, which runs the method's val search (Tip's grid, APE's grid at params'
+steps, SeMoBridge's random rows), then `components("test")`. Reports seconds of each phase and their total
+per method, so a new method is benchmarked without editing this file.
 """
 
-import copy
 import time
 
 import torch
 
-from bench.common import write_result
+from bench.common import context_of_repo, write_result
 from bench.fewshot_common import load, parser
-from pipeline import adapt
-from pipeline.methods import ape, isoclip, ncm, semobridge, tip_adapter, zeroshot
+from pipeline.adapt import Draw, Inputs
+from pipeline.methods import REGISTRY
 
 
-def timed(fn, repeat: int = 3) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return round((time.perf_counter() - t0) / repeat, 4)
+def clock(device: str) -> float:
+    """perf_counter after the device's queued work is done (CUDA kernels run asynchronously)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def time_method(method, settings, inputs: Inputs, draws: list[Draw]) -> dict:
+    """Seconds of `setup`, of every `fit` and of every `components("test")` of one method."""
+    dev = inputs.device
+    t0 = clock(dev)
+    state = method.setup(inputs, settings)
+    t_setup = clock(dev) - t0
+    t_fit = t_comp = 0.0
+    for draw in draws if method.per_draw else [None]:
+        t0 = clock(dev)
+        fit = method.fit(inputs, draw, state, settings)
+        t1 = clock(dev)
+        fit.components("test")
+        t_comp, t_fit = t_comp + clock(dev) - t1, t_fit + t1 - t0
+    return {"setup_s": round(t_setup, 4), "fit_s": round(t_fit, 4), "components_test_s": round(t_comp, 4),
+            "total_s": round(t_setup + t_fit + t_comp, 4), "fits": len(draws) if method.per_draw else 1}
 
 
 def main() -> None:
-    ap = parser()
+    ap = parser(draw=False)
+    ap.add_argument("--methods", nargs="+", choices=list(REGISTRY), default=list(REGISTRY),
+                    help="methods to time (default: every registered one)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    ctx = load(args.repo.resolve(), args.model, args.dataset)
-    feats, cfg, v = ctx["feats"], ctx["methods"], ctx["views"]
-    t = lambda a: torch.from_numpy(a).float()
-    val_rows = (feats.split == 1).nonzero()[0]
-    d = adapt._Draw(feats, ctx["fewshot"]["draws"][args.key], val_rows, feats.text_emb.shape[0], v)
-    q = t(feats.emb[(feats.split >= 1)])  # val + test queries
-    q_pre = t(feats.pre[(feats.split >= 1)])
-    y_val = torch.from_numpy(feats.label[val_rows].astype("int64"))
-    q_val = t(feats.emb[val_rows])
-    protos = zeroshot.class_prototypes(t(feats.text_emb))
-    shots, view_emb = t(feats.emb[d.idx]), t(v.emb[d.view_rows])
-    W_img, W_txt = t(feats.W_img), t(feats.W_txt)
-    keys = tip_adapter.cache_keys(view_emb)
-    k_iso = cfg.get("isoclip", {"k_top": 0, "k_bottom": 0})
-    q_ape = ape.select_channels(protos, keys, adapt._channel_count(cfg["ape"]["channels"], keys.shape[-1]),
-                                *cfg["ape"]["w"])
-    semo_shots = torch.cat([shots.unsqueeze(2), t(v.flip[d.view_rows]).unsqueeze(2)], 2).flatten(1, 2)
-
-    def semo():
-        P = semobridge.bridge_matrix(W_txt, cfg["semobridge"]["atol"])
-        cos = semobridge.semobridge_cosines(q, semo_shots, protos, P, W_txt, semobridge.text_scale(t(feats.text_pre)))
-        return semobridge.semobridge_terms(cos, 0.1, 1.0, 1.0, 1.0)
-
-    def iso():
-        U_k, _ = isoclip.iso_basis(W_img, W_txt, k_iso["k_top"], k_iso["k_bottom"])
-        return isoclip.isoncm_logits(q_pre, t(feats.pre[d.idx]).flatten(0, 1),
-                                     torch.arange(d.idx.shape[0]).repeat_interleave(d.idx.shape[1]),
-                                     d.idx.shape[0], isoclip.iso_image_projector(W_img, U_k))
-
-    closed = {
-        "zeroshot": timed(lambda: zeroshot.zeroshot_logits(q, zeroshot.class_prototypes(t(feats.text_emb)))),
-        "ncm": timed(lambda: ncm.ncm_logits(q, zeroshot.normalize(shots.mean(1)))),
-        "isoncm": timed(iso),
-        "tip": timed(lambda: tip_adapter.tip_logits(q, protos, tip_adapter.cache_keys(view_emb), 1.0, 5.0)),
-        "ape": timed(lambda: ape.ape_logits(q, protos, tip_adapter.cache_keys(view_emb), ape.select_channels(
-            protos, keys, q_ape.numel(), *cfg["ape"]["w"]), 1.0, 5.0, 0.5)),
-        "semobridge": timed(semo),
-    }
-    steps = cfg["ape"]["steps"]
-    searches = {
-        "tip_grid": timed(lambda: tip_adapter.tip_search(q_val, y_val, protos, keys, *cfg["tip"]["scales"],
-                                                         *cfg["tip"]["steps"]), 1),
-        f"ape_grid_{'x'.join(map(str, steps))}": timed(lambda: ape.ape_search(
-            q_val, y_val, protos, keys, q_ape, tuple(cfg["ape"]["scales"]), steps[2], steps[0], steps[1]), 1),
-        "ape_grid_200x20x20_reference": timed(lambda: ape.ape_search(
-            q_val, y_val, protos, keys, q_ape, tuple(cfg["ape"]["scales"]), 20, 200, 20), 1),
-    }
-    all_cfg = copy.deepcopy(cfg)
-    per_method_all_draws = {}
-    for method in cfg["enabled"]:
-        all_cfg["enabled"] = [method]
-        t0 = time.perf_counter()
-        adapt.run(feats, ctx["fewshot"], v, all_cfg)
-        per_method_all_draws[method] = round(time.perf_counter() - t0, 2)
+    ctx = load(args.repo.resolve(), args.model, args.dataset, args.methods)
+    cfg, dev = ctx["methods"], ctx["device"]
+    t0 = clock(dev)
+    inputs = Inputs(ctx["feats"], ctx["views"], dev)
+    t_inputs = clock(dev) - t0
+    draws = [Draw(inputs, key, spec) for key, spec in ctx["fewshot"]["draws"].items()]
+    t_draws = clock(dev) - t0 - t_inputs
+    seconds = {name: time_method(REGISTRY[name], cfg.settings[name], inputs, draws) for name in cfg.enabled}
     write_result(f"closed_form-{args.model}-{args.dataset}", {
-        "setup": {"model": args.model, "dataset": args.dataset, "draw": args.key, "queries_val_test": len(q),
-                  "classes": int(protos.shape[0]), "D": int(protos.shape[1]), "threads": torch.get_num_threads()},
-        "closed_form_s_one_draw_val_and_test": closed,
-        "val_search_s_one_draw": searches,
-        "adapt_run_s_all_draws_per_method": per_method_all_draws,
-        "draws": len(ctx["fewshot"]["draws"]),
-    })
+        "setup": {"model": args.model, "dataset": args.dataset, "draws": len(draws),
+                  "queries_val": len(inputs.labels["val"]), "queries_test": len(inputs.labels["test"]),
+                  "classes": inputs.num_classes, "D": int(inputs.protos.shape[1]), "device": dev,
+                  "threads": torch.get_num_threads()},
+        "shared_s": {"inputs": round(t_inputs, 4), "draws": round(t_draws, 4)},
+        "seconds_per_method": seconds,
+        "total_s": round(sum(s["total_s"] for s in seconds.values()), 4),
+    }, context_of_repo("bench.closed_form", args.repo.resolve(), args.model, args.dataset,
+                       ["extract.precision", "text", "fewshot", "views", "methods"]))
 
 
 if __name__ == "__main__":

@@ -15,20 +15,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 
 from bench.common import ROOT, SHARED, peak_rss_mib, run_child, write_result
-from pipeline import datasets, models, runtime
+from bench.context import context
+from pipeline import config, datasets, models, runtime
 from pipeline.extract import extract_images, image_store_layout
 from pipeline.store import ShardedWriter
 
 ARCH = "ViT-B-32-quickgelu"
+ENTRY = config.Model(arch=ARCH, source="random", seed=0)
 
 
 def _model(tmp: Path) -> models.LoadedModel:
-    torch.manual_seed(0)
-    models.save(open_clip.create_model(ARCH, pretrained=None), {"arch": ARCH, "source": "random"}, tmp / "model")
+    models.save(models.build(ENTRY), ENTRY, tmp / "model")
     return models.load(tmp / "model")
 
 
@@ -108,7 +108,7 @@ def main() -> None:
         "peak_rss_mib": {str(small["images"]): small["peak_rss_mib"], str(large["images"]): large["peak_rss_mib"]},
         "rss_growth": large["peak_rss_mib"] / small["peak_rss_mib"] - 1,
         **files_per_array(),
-    })
+    }, context("bench.extraction", None, [], {"dataset": "eurosat (../shared/datasets), first images of the manifest"}))
 
 
 if __name__ == "__main__":

@@ -1,35 +1,39 @@
 """Shared loading for the few-shot benchmarks: one reproduced (model, dataset) and its params."""
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
 
-from bench.common import ROOT
-from pipeline import adapt, draws, features, runtime, views
+from bench.common import ROOT, cached
+from pipeline import config, draws, features, layout, runtime, views
+from pipeline.methods import REGISTRY
 
 
-def load(repo: Path, model: str, dataset: str) -> dict:
-    """Features, draws, views and validated method settings of a repo after `dvc repro`."""
-    card = json.loads((repo / "models" / model / "card.json").read_text())
-    ds = json.loads((repo / "data" / dataset / "dataset.json").read_text())
-    fdir = repo / "features" / model / dataset
+def load(repo: Path, model: str, dataset: str, methods=None) -> dict:
+    """Features, draws, views and validated method settings (`config.Methods`) of a repo after `dvc repro`.
+
+    `methods`: the names whose settings to parse (default: params' `methods.enabled`)."""
+    card, ds, feats = cached(repo, model, dataset)
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    if methods is not None:
+        params = {**params, "methods": {**params.get("methods", {}), "enabled": list(methods)}}
+    expect = {**{k: card[k] for k in features.MODEL_KEYS}, "manifest_sha256": ds["manifest_sha256"]}
     return {
-        "feats": features.load(fdir, card, ds),
-        "fewshot": draws.load(repo / "fewshot" / dataset / "fewshot.json", ds["manifest_sha256"]),
-        "views": views.load(fdir / "views.zarr", {"manifest_sha256": ds["manifest_sha256"]}),
-        "methods": adapt.methods_section(params, card["arch"], dataset),
+        "feats": feats,
+        "fewshot": draws.load(layout.fewshot_file(dataset, repo), ds["manifest_sha256"]),
+        "views": views.load(layout.feature_dir(model, dataset, repo) / "views.zarr", expect),
+        "methods": config.methods(params, card["arch"], dataset, REGISTRY),
         "params": params, "card": card, "device": runtime.device(),
     }
 
 
-def parser() -> argparse.ArgumentParser:
-    """The arguments every few-shot benchmark takes: which reproduced repo, model, dataset and draw."""
+def parser(draw: bool = True) -> argparse.ArgumentParser:
+    """The arguments every few-shot benchmark takes: which reproduced repo, model, dataset (and draw)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", type=Path, default=ROOT)
     ap.add_argument("--model", default="demo")
     ap.add_argument("--dataset", default="shapes")
-    ap.add_argument("--key", default="shot_16-seed_1")
+    if draw:
+        ap.add_argument("--key", default=layout.draw_key(16, 1))
     return ap

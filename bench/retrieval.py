@@ -27,12 +27,14 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from bench.common import peak_rss_mib, run_child, write_result
+from bench.common import cached, context_of_repo, peak_rss_mib, run_child, write_result
+from bench.context import context
 
 N_CLS, D_V, D, D_T, PROMPTS = 10, 768, 512, 512, 8
 KS = [1, 5, 10]
@@ -53,21 +55,25 @@ def make_data(out: Path, n_query: int, n_gallery: int, seed: int = 0) -> None:
               "text_pre": text_pre, "text_emb": text_pre @ W_txt, "W_img": W_img, "W_txt": W_txt}
     for name, a in arrays.items():
         np.save(out / f"{name}.npy", a)
-    (out / "isoclip.json").write_text(json.dumps({"image": {"k_top": 150, "k_bottom": 50},    # ViT-B/32 (§5.4)
-                                                  "text": {"k_top": 20, "k_bottom": 100}}))
+    write_bands(out, {"k_top": 150, "k_bottom": 50}, {"k_top": 20, "k_bottom": 100}, 0.3)   # ViT-B/32 (§5.4)
+
+
+def write_bands(out: Path, image: dict, text: dict, atol: float) -> None:
+    """The IsoCLIP bands (image and text side) and the bridge's atol every child's variants use."""
+    (out / "bands.json").write_text(json.dumps({"image": image, "text": text, "atol": atol}))
 
 
 def export_store(repo: Path, model: str, dataset: str, out: Path) -> str:
     """Write a reproduced repo's cached features as the npy files every child loads; describe them."""
-    from pipeline import features
-    card = json.loads((repo / "models" / model / "card.json").read_text())
-    ds = json.loads((repo / "data" / dataset / "dataset.json").read_text())
-    f = features.load(repo / "features" / model / dataset, card, ds)
+    from pipeline import config
+    from pipeline.retrieval_variants import VARIANTS
+    card, _, f = cached(repo, model, dataset)
     for name in ("pre", "emb", "label", "split", "item", "text_pre", "text_emb", "W_img", "W_txt"):
         np.save(out / f"{name}.npy", getattr(f, name))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (out / "isoclip.json").write_text(json.dumps({"image": params["methods"]["isoclip"][card["arch"]],
-                                                  "text": params["retrieval"]["isoclip_text"][card["arch"]]}))
+    every = {**params, "retrieval": {**params.get("retrieval", {}), "variants": list(VARIANTS)}}
+    cfg = config.retrieval(every, card["arch"], VARIANTS)   # the bands and atol of every variant
+    write_bands(out, asdict(cfg.isoclip), asdict(cfg.isoclip_text), cfg.atol)
     return (f"real: {card['arch']} ({model}) over {dataset}, {int((f.split == 2).sum())} test queries x "
             f"{int((f.split == 0).sum())} train gallery, d_v {f.pre.shape[1]}, D {f.emb.shape[1]}, "
             f"{f.text_pre.shape[1]} prompts/class")
@@ -111,11 +117,12 @@ def naive_map(q, q_lab, g, g_lab) -> dict:
 def child(data: Path, variant: str, impl: str, chunk: int, n_query: int) -> dict:
     """One measurement in this (fresh) process."""
     from pipeline import retrieval_variants as rv
+    from pipeline.config import Band, Retrieval
 
     feats = load(data)
-    bands = json.loads((data / "isoclip.json").read_text())
-    cfg = rv.Config(["test"], ["train"], False, KS, [variant], isoclip=bands["image"], isoclip_text=bands["text"],
-                    atol=0.3)
+    bands = json.loads((data / "bands.json").read_text())
+    cfg = Retrieval(("test",), ("train",), False, tuple(KS), (variant,), isoclip=Band(**bands["image"]),
+                    isoclip_text=Band(**bands["text"]), atol=bands["atol"])
     q_rows = rv.split_rows(feats.split, ["test"], "query")[:n_query]
     g_rows = rv.split_rows(feats.split, ["train"], "gallery")
     start = time.perf_counter()
@@ -196,7 +203,9 @@ def main() -> None:
                                    "mAP_abs_diff": round(abs(naive["mAP"] - base["mAP"]), 5)},
         "expected_chunk_bytes_mib": round(16 * args.chunk * base["n_gallery"] / 2**20, 1),
         "full_matrix_bytes_mib": round(4 * nq * base["n_gallery"] / 2**20, 1),
-    })
+    }, context_of_repo("bench.retrieval", args.repo.resolve(), args.model, args.dataset,
+                       ["extract.precision", "text", "retrieval", "methods.isoclip", "methods.semobridge.atol"])
+       if args.repo else context("bench.retrieval", None, [], {"features": described}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import ROOT, write_result
+from bench.common import ROOT, context_of_repo, write_result
 
 
 def repro(repo: Path, *args: str) -> tuple[float, list[str]]:
@@ -74,7 +74,9 @@ def main() -> None:
         forced = result[f"{mode}_forced"]
         result[f"ratio_{mode}"] = round(result[edit_key]["wall_s"] / (forced["adapt_s"] + forced["fuse_s"]), 3)
         result[f"only_fuse_ran_{mode}"] = set(result[edit_key]["stages_run"]) <= {"fuse", "report"}
-    write_result(f"sweep_cost-{args.model}-{args.dataset}", result)
+    write_result(f"sweep_cost-{args.model}-{args.dataset}", result, context_of_repo(
+        "bench.sweep_cost", repo, args.model, args.dataset,
+        ["extract.precision", "text", "fewshot", "views", "methods", "fusion"]))
 
 
 if __name__ == "__main__":

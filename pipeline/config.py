@@ -241,7 +241,42 @@ def bridge_atol(params: dict) -> float:
     return float(need(semo, "atol", (int, float), "methods.semobridge", minimum=0))
 
 
-# ----------------------------------------------------------------------------- methods and fusion
+# ----------------------------------------------------------------------------- searches, methods and fusion
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One `pipeline.fusion.search_space` run: random rows, then batched refinement rounds around the best."""
+    trials: int
+    seed: int = 0
+    grid: int = 0          # points per axis of a full grid scored with the random rows (0: none)
+    rounds: int = 0        # refinement rounds after the random stage
+    per_round: int = 0     # perturbed rows per round
+    top: int = 8           # best rows perturbed each round
+    radius: float = 0.1    # first round's standard deviation, as a fraction of each range
+    shrink: float = 0.5    # radius factor per round
+
+
+def search(section: dict, where: str, *, grid: bool = False) -> SearchConfig:
+    """`trials`, `seed` (and `grid`) of a search section, plus its optional `refine` block."""
+    trials = need(section, "trials", int, where, minimum=0)
+    points = need(section, "grid", int, where, minimum=0) if grid else 0
+    if points == 1 or trials + points == 0:
+        raise ParamsError(f"params.yaml: '{where}' needs trials > 0{' or grid >= 2 (grid 0 = no grid)' if grid else ''}")
+    refine, rw = section.get("refine") or {}, f"{where}.refine"
+    if not isinstance(refine, dict):
+        raise ParamsError(f"params.yaml: '{rw}' = {refine!r} should be a mapping (rounds, per_round, top, radius, shrink)")
+    unknown = set(refine) - {"rounds", "per_round", "top", "radius", "shrink"}
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown keys {sorted(unknown)} under '{rw}'")
+    get = lambda key, kind, default, **bounds: need(refine, key, kind, rw, **bounds) if key in refine else default
+    rounds = get("rounds", int, 0, minimum=0)
+    per_round = get("per_round", int, 0, minimum=1 if rounds else 0)
+    if rounds and not per_round:
+        raise ParamsError(f"params.yaml: '{rw}.rounds' = {rounds} needs '{rw}.per_round' >= 1")
+    return SearchConfig(trials, need(section, "seed", int, where, minimum=0), points, rounds, per_round,
+                        get("top", int, 8, minimum=1), float(get("radius", (int, float), 0.1, minimum=0)),
+                        float(get("shrink", (int, float), 0.5, minimum=0, maximum=1)))
 
 
 @dataclass(frozen=True)
@@ -285,9 +320,7 @@ class Fusion:
     """`fusion`: how `fuse` picks each method's linear weights (pipeline/evaluate.py)."""
     mode: str                 # search (on val) | fixed | reference (adapt's joint choice)
     methods: tuple[str, ...]
-    trials: int               # random weight vectors ...
-    grid: int                 # ... plus a grid of this many points per weight axis (0: none)
-    seed: int
+    search: SearchConfig      # random weight vectors plus a grid, then refinement rounds
     ranges: dict              # method -> weight -> (low, high)
     fixed: dict               # method -> weight -> value
 
@@ -297,10 +330,7 @@ def fusion(params: dict, registry: dict) -> Fusion:
     section = need(params, "fusion", dict, "")
     mode = need(section, "mode", str, "fusion", choices=FUSION_MODES)
     chosen = names(section, "methods", "fusion", registry)
-    search = need(section, "search", dict, "fusion")
-    trials, grid = (need(search, k, int, "fusion.search", minimum=0) for k in ("trials", "grid"))
-    if grid == 1 or trials + grid == 0:
-        raise ParamsError("params.yaml: 'fusion.search' needs trials > 0 or grid >= 2 (grid 0 = no grid)")
+    searched = search(need(section, "search", dict, "fusion"), "fusion.search", grid=True)
     ranges, fixed = {}, {}
     for name in chosen:
         for weight, (low, high) in registry[name].weights.items():
@@ -314,7 +344,7 @@ def fusion(params: dict, registry: dict) -> Fusion:
             v = need(need(need(section, "fixed", dict, "fusion"), name, dict, "fusion.fixed"), weight,
                      (int, float), where, minimum=low, maximum=high)
             fixed.setdefault(name, {})[weight] = float(v)
-    return Fusion(mode, chosen, trials, grid, need(search, "seed", int, "fusion.search", minimum=0), ranges, fixed)
+    return Fusion(mode, chosen, searched, ranges, fixed)
 
 
 # ----------------------------------------------------------------------------- retrieval

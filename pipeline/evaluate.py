@@ -4,8 +4,9 @@ Per method (`pipeline.methods.contract`), fused logits = [zero-shot logits if `b
 component_w over the components `adapt` stored; a method without weights is its one component "logits".
 Modes (`fusion.mode`):
     search     score `fusion.search.trials` random weight vectors plus a `grid`-point grid per weight,
-               all within `fusion.ranges`, in one batched op per chunk (`pipeline.fusion.search`) on the
-               draw's val rows; the first best is applied to test.
+               all within `fusion.ranges`, then `fusion.search.refine` rounds around the best rows, each
+               one batched op per chunk (`pipeline.fusion.search_space`) on the draw's val rows; the
+               first best is applied to test.
     fixed      the weights in `fusion.fixed`, for every draw.
     reference  the weights each method's own reference search chose in `adapt`, jointly with its
                sharpness (reproduces Tip-Adapter / APE / SeMoBridge as published).
@@ -56,13 +57,9 @@ def choose(method: Method, base, comps: dict, labels: torch.Tensor, cfg: Fusion,
             raise FusionError(f"fusion.mode 'reference': adapt recorded no {sorted(method.weights)} for {method.name}")
         weights = {w: float(reference[w]) for w in method.weights}
     else:
-        space = cfg.ranges[method.name]
-        trials = fusion.sample_weights(space, cfg.trials, cfg.seed, cfg.grid or None)
-        named = dict(comps) if base is None else {"base": base, **comps}
-        if base is not None:   # the base's weight is fixed at 1
-            trials = torch.cat([torch.ones(len(trials), 1), trials], dim=1)
-        best, _ = fusion.search(named, labels, trials)
-        weights = {w: float(v) for w, v in zip(space, trials[best, -len(space):].tolist())}
+        build = fusion.linear_builder(torch.stack([comps[w] for w in method.weights]), 0 if base is None else base)
+        row, _, _ = fusion.search_space(build, cfg.ranges[method.name], labels, cfg.search)
+        weights = dict(zip(method.weights, row.tolist()))
     return weights, metrics.accuracy(combine(base, comps, weights), labels)
 
 

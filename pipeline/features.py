@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
-from pipeline.store import StoreError, check_provenance, open_store
+from pipeline.store import StoreError, check_provenance, open_store, read
 
 MODEL_KEYS = ("arch", "source", "tag", "checkpoint_sha256", "open_clip_version", "quick_gelu", "preprocess")
 
@@ -50,13 +50,13 @@ def load(feature_dir: Path, card: dict, dataset: dict) -> Features:
     check_provenance(feature_dir / "text.zarr", dict(text.attrs["provenance"]),
                      {"precision": images.attrs["provenance"]["precision"]})
 
-    def read(group, name):
-        return _finite(feature_dir, name, group[name][...])
+    def finite(group, name):
+        return _finite(feature_dir, name, read(group, name))
 
     return Features(
-        pre=read(images, "image/pre"), emb=read(images, "image/emb"),
-        label=images["image/label"][...], split=images["image/split"][...], item=images["image/item"][...],
-        text_pre=read(text, "text/pre"), text_emb=read(text, "text/emb"),
-        W_img=images["model/W_img"][...], W_txt=images["model/W_txt"][...],
-        b_img=images["model/b_img"][...] if "model/b_img" in images else None,
-        logit_scale=float(images["model/logit_scale"][0]), provenance=dict(images.attrs["provenance"]))
+        pre=finite(images, "image/pre"), emb=finite(images, "image/emb"),
+        label=read(images, "image/label"), split=read(images, "image/split"), item=read(images, "image/item"),
+        text_pre=finite(text, "text/pre"), text_emb=finite(text, "text/emb"),
+        W_img=read(images, "model/W_img"), W_txt=read(images, "model/W_txt"),
+        b_img=read(images, "model/b_img") if "model/b_img" in images else None,
+        logit_scale=float(read(images, "model/logit_scale")[0]), provenance=dict(images.attrs["provenance"]))

@@ -1,13 +1,14 @@
 """Logit fusion and vectorised hyper-parameter search on validation (DESIGN.md §7).
 
-Two search entry points, both scoring thousands of trials with batched tensor ops:
+Every search scores thousands of trials with batched tensor ops:
 
-* `search`: linear fusion. Trial t scores `sum_m W[t, m] * component_m`; the components are fixed
-  (N, C) logits (e.g. zero-shot, a Tip cache term, NCM). One einsum per chunk of trials.
 * `search_batched`: any parametrised logit family. A `build(params)` callable maps a (t, P) chunk of
   parameter rows to (t, N, C) val logits by broadcasting; non-linear knobs such as the sharpness
   inside exp() go here (e.g. SeMoBridge's smoothness, alpha, beta, gamma, lambda1..3, see
-  `pipeline.methods.semobridge.semobridge_builder`).
+  `pipeline.methods.semobridge.semobridge_builder`); `linear_builder` is linear fusion, one einsum
+  per chunk of trials.
+* `search_space`: random rows in a box, then batched refinement rounds around the best rows; what
+  `adapt` (SeMoBridge's knobs) and `fuse` (every method's linear weights) run.
 
 Both take val arrays only, so the test split cannot influence the choice; a `build` callable must
 likewise close over val tensors only. Ties go to the first best trial (row order), like the
@@ -18,17 +19,19 @@ from typing import Callable
 
 import torch
 
+from pipeline.config import SearchConfig
+
 # Elements of the largest batched intermediate per chunk (~128 MB in float32); shared by the grid searches.
 ELEMENT_BUDGET = 2**25
-# On CPU, ~2^18 elements (1 MB) per intermediate keeps a builder's temporaries in L2: the default budget
-# measured ~2-3x slower on 2 cores.
+# On CPU, ~2^18 elements (1 MB) per intermediate keeps a builder's temporaries in L2: ELEMENT_BUDGET
+# measured 2-4x slower on 2 cores.
 CPU_CHUNK_ELEMENTS = 2**18
 
 
-def search_chunk(rows: int, classes: int, device: str) -> int | None:
-    """Trials per chunk of a batched search over (rows, classes) logits: the CPU budget, or None (the
-    default budget) on GPUs."""
-    return None if device != "cpu" else max(1, CPU_CHUNK_ELEMENTS // max(1, rows * classes))
+def chunk_for(elements_per_trial: int, device) -> int:
+    """Trials per batched call: the one chunk policy of every search (adapt, fuse, bench)."""
+    budget = CPU_CHUNK_ELEMENTS if torch.device(device).type == "cpu" else ELEMENT_BUDGET
+    return max(1, budget // max(1, elements_per_trial))
 
 
 def fuse(components: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -92,8 +95,8 @@ def search_batched(
 ) -> tuple[int, torch.Tensor]:
     """Score every parameter row on val: `build(params[a:b])` -> (b-a, N, C) val logits.
 
-    Returns (index of the first best row, (T,) val accuracy per row). chunk: rows per build call;
-    None picks it from a fixed memory budget. `build` must only see val data.
+    Returns (index of the first best row, (T,) val accuracy per row, on the CPU). chunk: rows per build
+    call; None picks it with `chunk_for`. `build` must only see val data.
     """
     if params.ndim != 2 or params.shape[0] == 0:
         raise ValueError(f"params must be (T, P) with T > 0, got shape {tuple(params.shape)}")
@@ -103,33 +106,54 @@ def search_batched(
         raise ValueError(f"chunk must be None or a positive int, got {chunk!r}")
     # the first row also tells the per-trial size of build's output, which sets the chunk
     first = build(params[:1])
-    step = chunk or max(1, ELEMENT_BUDGET // max(1, first[0].numel()))
+    step = chunk or chunk_for(first[0].numel(), first.device)
     counts = [count_correct(first, val_labels)]
     for start in range(1, params.shape[0], step):
         counts.append(count_correct(build(params[start : start + step]), val_labels))
     counts = torch.cat(counts)
     if counts.shape[0] != params.shape[0]:
         raise ValueError(f"build returned {counts.shape[0]} trials for {params.shape[0]} parameter rows")
-    return int(torch.argmax(counts)), counts.double() / val_labels.shape[0]
+    return int(torch.argmax(counts)), (counts.double() / val_labels.shape[0]).cpu()
 
 
-def search(
-    val_components: dict[str, torch.Tensor],
+def search_space(
+    build: Callable[[torch.Tensor], torch.Tensor],
+    space: dict[str, tuple[float, float]],
     val_labels: torch.Tensor,
-    weight_vectors: torch.Tensor,
-    chunk: int | None = None,
-) -> tuple[int, torch.Tensor]:
-    """Linear fusion search: (T, M) weight rows, columns in `val_components` key order.
+    cfg: SearchConfig,
+) -> tuple[torch.Tensor, float, int]:
+    """Random search in `space`, then batched local refinement around the best rows found so far.
 
-    Returns (index of the first best row, (T,) val accuracy per row).
+    Stage 1 scores `cfg.trials` uniform rows (plus a `cfg.grid` grid). Each refinement round draws
+    `cfg.per_round` Gaussian perturbations of the `cfg.top` best rows so far (first-best order), with a
+    standard deviation of `cfg.radius` of each range, shrunk by `cfg.shrink` every round, clipped to the
+    range, and scores them in one batched pass. A later row wins only with a strictly higher accuracy,
+    so ties keep the earlier choice. Seeded: the same config gives the same result.
+    Returns (best row (P,), its val accuracy, rows scored).
     """
-    if not val_components:
-        raise ValueError("val_components must be a non-empty dict name -> (N, C) logits")
-    stacked = torch.stack(list(val_components.values()))
-    if weight_vectors.ndim != 2 or weight_vectors.shape[1] != stacked.shape[0]:
-        raise ValueError(
-            f"weight_vectors must be (T, {stacked.shape[0]}) for components {list(val_components)}, "
-            f"got shape {tuple(weight_vectors.shape)}"
-        )
-    weights = weight_vectors.to(stacked)
-    return search_batched(lambda w: torch.einsum("tm,mnc->tnc", w, stacked), weights, val_labels, chunk)
+    rows = sample_weights(space, cfg.trials, cfg.seed, cfg.grid or None)
+    _, accs = search_batched(build, rows, val_labels)
+    low = torch.tensor([float(b[0]) for b in space.values()])
+    high = torch.tensor([float(b[1]) for b in space.values()])
+    gen = torch.Generator().manual_seed(cfg.seed + 1)   # a stream apart from stage 1's
+    sigma = cfg.radius * (high - low)
+    for _ in range(cfg.rounds):
+        order = torch.sort(accs, descending=True, stable=True).indices[: cfg.top]
+        centres = rows[order].repeat(-(-cfg.per_round // len(order)), 1)[: cfg.per_round]
+        moved = centres + sigma * torch.randn(centres.shape, generator=gen, dtype=centres.dtype)
+        candidates = torch.minimum(torch.maximum(moved, low), high)
+        _, cand_accs = search_batched(build, candidates, val_labels)
+        rows, accs = torch.cat([rows, candidates]), torch.cat([accs, cand_accs])
+        sigma = sigma * cfg.shrink
+    best = int(torch.argmax(accs))
+    return rows[best], float(accs[best]), len(rows)
+
+
+def linear_builder(components: torch.Tensor, offset=0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Linear fusion for `search_batched`: (T, M) weight rows -> (T, N, C) logits offset + sum_m w_m comp_m,
+    with (M, N, C) stacked components and an optional fixed (N, C) offset (a base at weight 1)."""
+    def build(weights: torch.Tensor) -> torch.Tensor:
+        if weights.ndim != 2 or weights.shape[1] != components.shape[0]:
+            raise ValueError(f"weight rows must be (T, {components.shape[0]}), got shape {tuple(weights.shape)}")
+        return offset + torch.einsum("tm,mnc->tnc", weights.to(components), components)
+    return build

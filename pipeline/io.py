@@ -31,9 +31,16 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place, replacing whatever was at `dst`."""
-    dst = Path(dst)
+    """Move a finished directory into place, replacing whatever was at `dst`.
+
+    An old `dst` is renamed aside (beside `src`) and deleted only after the new one is in place: deleting it
+    where it stands, a kill mid-way would leave a partial directory whose metadata still says complete.
+    """
+    src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    old = src.with_name(src.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
-        shutil.rmtree(dst)
+        os.replace(dst, old)
     os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from pipeline.extract import _autocast, project
 from pipeline.models import LoadedModel
 from pipeline.config import ViewRecipe
-from pipeline.store import StoreError, open_store, write_store
+from pipeline.store import StoreError, open_store, read, write_store
 
 _RATIO = (3 / 4, 4 / 3)
 
@@ -120,9 +120,9 @@ class Views:
 def load(path: Path, expect: dict) -> Views:
     """Read a complete views.zarr whose provenance matches `expect` (model keys, manifest digest)."""
     group = open_store(path, expect)
-    emb, flip = group["view/emb"][...], group["flip/emb"][...]
+    emb, flip = read(group, "view/emb"), read(group, "flip/emb")
     for name, arr in (("view/emb", emb), ("flip/emb", flip)):
         if not np.isfinite(arr).all():
             raise StoreError(f"{path}: '{name}' has NaN or inf values")
     prov = dict(group.attrs["provenance"])
-    return Views(item=group["view/item"][...], emb=emb, flip=flip, recipe=prov["views"])
+    return Views(item=read(group, "view/item"), emb=emb, flip=flip, recipe=prov["views"])

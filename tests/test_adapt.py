@@ -23,7 +23,8 @@ METHODS = {
     "enabled": ["zeroshot", "ncm", "isoncm", "tip", "ape", "semobridge"],
     "tip": {"scales": [7, 3], "steps": [12, 5]},
     "ape": {"channels": 0.5, "w": [0.5, 0.5], "scales": [7, 7, 1], "steps": [12, 5, 4]},
-    "semobridge": {"atol": 0.3, "extra_shots": "hflip", "trials": 128, "seed": 0},
+    "semobridge": {"atol": 0.3, "extra_shots": "hflip", "trials": 128, "seed": 0,
+                   "refine": {"rounds": 2, "per_round": 32, "top": 4}},
     "isoclip": {"toy-arch": {"k_top": 1, "k_bottom": 2}},
     "overrides": {"other": {"tip": {"scales": [12, 10]}}},
 }
@@ -94,6 +95,7 @@ def test_layout_covers_every_method_and_draw(toy_run):
     assert set(attrs["choices"]) == {"tip", "ape", "semobridge"}
     semo = attrs["choices"]["semobridge"][draw_key(4, 1)]
     assert semo["shots_per_class"] == 8  # K (1 + one hflip copy)
+    assert semo["rows_scored"] == 128 + 2 * 32
     assert attrs["bridge"]["n_sigma"] == D and arrays["spectrum/W_txt"].shape == (D,)
 
 
@@ -169,6 +171,12 @@ def test_overrides_merge_per_dataset():
     ({"ape": {**METHODS["ape"], "channels": -0.5}}, "methods.ape.channels"),
     ({"ape": {**METHODS["ape"], "w": [-0.5, 0.5]}}, "methods.ape.w"),
     ({"semobridge": {**METHODS["semobridge"], "atol": -0.1}}, "methods.semobridge.atol"),
+    ({"semobridge": {**METHODS["semobridge"], "refine": {"rounds": "4", "per_round": 8}}},
+     "methods.semobridge.refine.rounds"),
+    ({"semobridge": {**METHODS["semobridge"], "refine": {"rounds": 4}}}, "methods.semobridge.refine.per_round"),
+    ({"semobridge": {**METHODS["semobridge"], "refine": {"rounds": 1, "per_round": 8, "shrink": 2}}},
+     "methods.semobridge.refine.shrink"),
+    ({"semobridge": {**METHODS["semobridge"], "refine": {"round": 1}}}, "methods.semobridge.refine"),
     ({"semobridge": {**METHODS["semobridge"], "extra_shots": "jitter"}}, "methods.semobridge.extra_shots"),
     ({"semobridge": {**METHODS["semobridge"], "trials": "many"}}, "methods.semobridge.trials"),
     ({"isoclip": {"ViT-B-32-quickgelu": {"k_top": 150, "k_bottom": 50}}}, "methods.isoclip.toy-arch"),

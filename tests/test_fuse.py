@@ -111,7 +111,7 @@ def test_search_picks_the_first_best_of_an_explicit_loop(store):
     rows = group[f"draw/{key}/val_index"][...]
     labels = torch.from_numpy(group["label/val"][...].astype(np.int64))[rows]
     z = [torch.from_numpy(group[f"semobridge/{key}/lambda{i}/val"][...][rows]) for i in (1, 2, 3)]
-    trials = fusion.sample_weights(c.ranges["semobridge"], c.trials, c.seed, c.grid)
+    trials = fusion.sample_weights(c.ranges["semobridge"], c.search.trials, c.search.seed, c.search.grid)
     accs = [float(((w[0] * z[0] + w[1] * z[1] + w[2] * z[2]).argmax(1) == labels).double().mean() * 100)
             for w in trials]
     best = int(np.argmax(accs))

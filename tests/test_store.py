@@ -98,7 +98,8 @@ def test_deleted_shard_is_refused_with_its_stage(tmp_path):
     with pytest.raises(StoreError) as err:
         open_store(dest)
     msg = str(err.value)
-    assert str(dest) in msg and "x/c/1/0 is missing" in msg and "dvc repro -f extract@m-ds" in msg
+    assert str(dest) in msg and "x/c/1/0 is missing" in msg
+    assert f"`python -m pipeline.verify --repair features/m/ds/images.zarr` in {tmp_path}" in msg
 
 
 def test_truncated_file_names_both_sizes(tmp_path):
@@ -113,13 +114,13 @@ def test_truncated_file_names_both_sizes(tmp_path):
 def test_remedy_outside_the_layout_and_for_missing_stores(tmp_path):
     write_store(tmp_path / "t.zarr", tmp_path / "tmp.zarr", PROV, {"y": np.ones(3, np.float32)})
     (tmp_path / "t.zarr" / "y" / "zarr.json").unlink()
-    with pytest.raises(StoreError, match="y/zarr.json is missing; re-run the stage that writes it"):
+    with pytest.raises(StoreError, match=r"y/zarr.json is missing; run `python -m pipeline.verify .*t.zarr` \(it"):
         open_store(tmp_path / "t.zarr")
     with pytest.raises(StoreError, match=r"does not exist \(run `dvc repro text@m-ds`\)"):
         open_store(tmp_path / "features" / "m" / "ds" / "text.zarr")
     half_written = tmp_path / "features" / "m" / "ds" / "views.zarr"
     ShardedWriter(half_written, PROV, {"x": ((4, 2), "float32")}, {}, shard_rows=4)
-    with pytest.raises(StoreError, match="incomplete .*; re-run `dvc repro -f views@m-ds`"):
+    with pytest.raises(StoreError, match="incomplete .*; re-run `dvc repro -f -s views@m-ds`"):
         open_store(half_written)
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from pipeline import config
-from pipeline.fusion import sample_weights, search_batched, search_chunk
+from pipeline.fusion import search_space
 from pipeline.methods.ape import kl_divergence
 from pipeline.methods.contract import Fit, Method
 from pipeline.methods.cosine import normalize
@@ -139,8 +139,7 @@ class SeMoBridgeConfig:
     """`methods.semobridge` (METHODS.md §3)."""
     atol: float          # singular values of W_txt at or below it are dropped by the bridge
     extra_shots: str     # none | hflip (+1 flipped copy per shot) | views (+n_views augmented copies)
-    trials: int          # random rows in SEARCH_SPACE, scored in one batched pass on val
-    seed: int
+    search: config.SearchConfig   # random rows in SEARCH_SPACE, then refinement rounds, all batched on val
 
 
 class SeMoBridge(Method):
@@ -152,35 +151,34 @@ class SeMoBridge(Method):
     def config(self, section, where, arch):
         return SeMoBridgeConfig(float(config.need(section, "atol", (int, float), where, minimum=0)),
                                 config.need(section, "extra_shots", str, where, choices=EXTRA_SHOTS),
-                                config.need(section, "trials", int, where, minimum=1),
-                                config.need(section, "seed", int, where, minimum=0))
+                                config.search(section, where))
 
     def needs(self, cfg):
         return set() if cfg.extra_shots == "none" else {"views"}
 
     def setup(self, inputs, cfg):
         W_txt = inputs.tensor(inputs.feats.W_txt)
-        return (bridge_matrix(W_txt, cfg.atol), W_txt, text_scale(inputs.tensor(inputs.feats.text_pre)),
-                sample_weights(SEARCH_SPACE, cfg.trials, cfg.seed).to(inputs.device))
+        return bridge_matrix(W_txt, cfg.atol), W_txt, text_scale(inputs.tensor(inputs.feats.text_pre))
 
-    def fit(self, inputs, draw, state, cfg):
-        P, W_txt, scale, trials = state
+    def shots(self, inputs, draw, cfg) -> torch.Tensor:
+        """(C, K', D) few-shot set: the raw shots plus `extra_shots` copies, K' = K (E + 1)."""
         parts = [inputs.tensor(inputs.feats.emb[draw.idx]).unsqueeze(2)]
         if cfg.extra_shots == "hflip":
             parts.append(inputs.tensor(inputs.views.flip[draw.view_rows]).unsqueeze(2))
         elif cfg.extra_shots == "views":
             parts.append(inputs.tensor(inputs.views.emb[draw.view_rows]))
-        shots = torch.cat(parts, dim=2).flatten(1, 2)  # (C, K', D), K' = K (E + 1)
-        cos_val = semobridge_cosines(draw.q_val, shots, inputs.protos, P, W_txt, scale)
-        i, acc = search_batched(semobridge_builder(cos_val), trials, draw.y_val,
-                                search_chunk(len(draw.y_val), inputs.num_classes, inputs.device))
-        chosen = dict(zip(PARAM_NAMES, trials[i].tolist()))
-        choice = {**chosen, "val_acc": percent(acc[i]), "extra_shots": cfg.extra_shots,
-                  "shots_per_class": int(shots.shape[1])}
+        return torch.cat(parts, dim=2).flatten(1, 2)
+
+    def fit(self, inputs, draw, state, cfg):
+        shots = self.shots(inputs, draw, cfg)
+        cosines = lambda query: semobridge_cosines(query, shots, inputs.protos, *state)
+        row, acc, scored = search_space(semobridge_builder(cosines(draw.q_val)), SEARCH_SPACE, draw.y_val, cfg.search)
+        chosen = dict(zip(PARAM_NAMES, row.tolist()))
+        choice = {**chosen, "val_acc": percent(acc), "extra_shots": cfg.extra_shots,
+                  "shots_per_class": int(shots.shape[1]), "rows_scored": scored}
 
         def components(split):
-            cos = semobridge_cosines(inputs.query[split], shots, inputs.protos, P, W_txt, scale)
-            z = semobridge_terms(cos, chosen["smoothness"], chosen["alpha"], chosen["beta"], chosen["gamma"])
+            z = semobridge_terms(cosines(inputs.query[split]), *(chosen[k] for k in PARAM_NAMES[:4]))
             return dict(zip(WEIGHTS, z))
         return Fit(choice, components)
 

@@ -1,0 +1,78 @@
+"""The README's benchmark figures, rendered from reports/bench/*.json (never typed by hand).
+
+usage: python -m bench.summary [--write]
+Prints the markdown block; --write replaces the block between the README's bench markers.
+tests/test_bench_reports.py fails when the README's block differs from what this renders.
+"""
+
+import argparse
+import json
+
+from bench.common import ROOT
+
+BEGIN, END = "<!-- bench:begin (python -m bench.summary --write) -->", "<!-- bench:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = ROOT / "reports" / "bench" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _where(r: dict) -> str:
+    c = r["context"]
+    return f"{c['device']}, {c['torch_threads']} threads, commit {c['commit'][:8]}"
+
+
+def lines() -> list[str]:
+    out = []
+    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("fusion_search-*.json")):
+        r = _load(name)
+        m, t = r["mean"], r["throughput"]
+        out.append(f"- `{name}` ({r['setup']['draws']} draws; {_where(r)}): mean val / test over draws, random "
+                   f"{m['random']['val']:.2f} / {m['random']['test']:.2f}, random + refinement "
+                   f"{m['refined']['val']:.2f} / {m['refined']['test']:.2f}, TPE {r['setup']['optuna_trials']} "
+                   f"{m['tpe']['val']:.2f} / {m['tpe']['test']:.2f}; refinement >= TPE on every draw: "
+                   f"{r['refined_ge_tpe_on_every_draw']}; batched {t['trials_per_s']['batched']:.0f} trials/s = "
+                   f"{t['batched_over_tpe']}x TPE, {t['batched_over_loop']}x a per-trial loop.")
+    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("closed_form-*.json")):
+        r = _load(name)
+        per = ", ".join(f"{k} {v['total_s']:.2f}" for k, v in r["seconds_per_method"].items())
+        out.append(f"- `{name}` ({r['setup']['draws']} draws; {_where(r)}): seconds per method, {per}.")
+    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("sweep_cost-*.json")):
+        r = _load(name)
+        out.append(f"- `{name}` ({_where(r)}): a fusion-weight edit re-runs {r['fixed_weight_edit']['stages_run']} "
+                   f"in {r['ratio_fixed']:.3f}x the time of adapt + fuse.")
+    for name in ("retrieval", "retrieval-demo-eurosat"):
+        r = _load(name)
+        if r:
+            n = r["i2i_naive_over_chunked"]
+            out.append(f"- `{name}` ({_where(r)}): naive full-matrix numpy / chunked ranking, eval time "
+                       f"{n['eval_s']}x, RSS growth {n['eval_rss_growth']}x, mAP difference {n['mAP_abs_diff']}.")
+    r = _load("extraction")
+    if r:
+        out.append(f"- `extraction` ({_where(r)}): end-to-end / forward-only {r['efficiency']:.2f}, peak RSS growth "
+                   f"{100 * r['rss_growth']:.1f}% from {' to '.join(r['peak_rss_mib'])} images.")
+    r = _load("verify")
+    if r:
+        out.append(f"- `verify` ({_where(r)}): " + ", ".join(f"{k} {v}" for k, v in r.get("summary", {}).items()) + ".")
+    return out
+
+
+def block() -> str:
+    return "\n".join([BEGIN, *lines(), END])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--write", action="store_true")
+    text = block()
+    if ap.parse_args().write:
+        readme = ROOT / "README.md"
+        s = readme.read_text()
+        start, stop = s.index(BEGIN), s.index(END) + len(END)
+        readme.write_text(s[:start] + text + s[stop:])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
