@@ -115,7 +115,8 @@ def main() -> None:
         "refined_ge_tpe_on_every_draw": all(d["refined_ge_tpe"] for d in draws.values()),
         "throughput": throughput(inputs, Draw(inputs, last, specs[last]), state, cfg, args),
     }, context_of_repo("bench.fusion_search", args.repo.resolve(), args.model, args.dataset,
-                       ["extract.precision", "text", "fewshot", "views", "methods"]))
+                       ["extract.precision", "text", "fewshot", "views", "methods.semobridge",
+                        f"methods.overrides.{args.dataset}.semobridge"]))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import json
 
 from bench.common import ROOT
+from bench.context import code_digest
 
 BEGIN, END = "<!-- bench:begin (python -m bench.summary --write) -->", "<!-- bench:end -->"
 
@@ -20,7 +21,8 @@ def _load(name: str) -> dict | None:
 
 def _where(r: dict) -> str:
     c = r["context"]
-    return f"{c['device']}, {c['torch_threads']} threads, commit {c['commit'][:8]}"
+    moved = "" if code_digest(c["module"]) == c["code_sha256"] else "; **code changed since: re-run**"
+    return f"{c['device']}, {c['torch_threads']} threads, commit {c['commit'][:8]}{moved}"
 
 
 def lines() -> list[str]:

@@ -280,6 +280,28 @@ def search(section: dict, where: str, *, grid: bool = False) -> SearchConfig:
 
 
 @dataclass(frozen=True)
+class TrainRecipe:
+    """One `pipeline.train.fit` run: full-batch AdamW steps with a linear warm-up (DESIGN.md §7b)."""
+    steps: int
+    lr: float
+    warmup: int            # steps of linear warm-up (Dassl's: warmup_min_lr at step 0, then lr * t / warmup)
+    warmup_min_lr: float
+    weight_decay: float
+    seed: int
+
+
+def train_recipe(section: dict, where: str) -> TrainRecipe:
+    """`steps`, `lr`, `warmup`, `warmup_min_lr`, `weight_decay`, `seed` of a trained method's block."""
+    number = lambda key, **bounds: float(need(section, key, (int, float), where, **bounds))
+    lr = number("lr", minimum=0)
+    if lr == 0:
+        raise ParamsError(f"params.yaml: '{where}.lr' = {section['lr']!r} should be > 0")
+    return TrainRecipe(need(section, "steps", int, where, minimum=0), lr, need(section, "warmup", int, where, minimum=0),
+                       number("warmup_min_lr", minimum=0), number("weight_decay", minimum=0),
+                       need(section, "seed", int, where, minimum=0))
+
+
+@dataclass(frozen=True)
 class Methods:
     """`methods` for one (arch, dataset): which methods `adapt` runs and each one's settings."""
     enabled: tuple[str, ...]

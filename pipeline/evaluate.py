@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline import fusion, metrics
+from pipeline import fusion, metrics, store
 from pipeline.config import Fusion
 from pipeline.layout import ALL_DRAWS, logits_array, parse_draw_key
 from pipeline.methods import REGISTRY
@@ -29,8 +29,8 @@ class FusionError(ValueError):
 
 
 def _read(group: zarr.Group, name: str, rows=None) -> torch.Tensor:
-    arr = group[name]
-    return torch.from_numpy(arr[...] if rows is None else arr.get_orthogonal_selection((rows, slice(None))))
+    array = store.read(group, name)   # a chunk that does not decode is a StoreError naming the file
+    return torch.from_numpy(array if rows is None else array[rows])
 
 
 def components(group: zarr.Group, method: Method, key: str, split: str, rows=None) -> tuple[torch.Tensor | None, dict]:

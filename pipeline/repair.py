@@ -96,8 +96,8 @@ def repair(repo: Path, reports: list) -> tuple[list[str], bool]:
         doomed = {p.cache_object for r in reports if r.store in stores for p in r.problems if p.cache_object}
         for obj in doomed:
             obj.unlink(missing_ok=True)
-        print(f"repair: {', '.join(stores)}: removed {len(doomed)} damaged cache object(s); "
-              f"dvc repro -f -s {stage}", flush=True)
+        removed = f"removed {len(doomed)} damaged cache object(s); " if doomed else ""
+        print(f"repair: {', '.join(stores)}: {removed}dvc repro -f -s {stage}", flush=True)
         if _run(repo, "dvc", "repro", "-f", "-s", stage).returncode:
             failed.append(stage)
             continue

@@ -193,8 +193,8 @@ def _check_files(path: Path, files: dict[str, int]) -> None:
 def repair_command(path: Path) -> str:
     """The verify command that checks and mends `path`, with where to run it when that is not here."""
     path = Path(path).resolve()
-    if owner_stage(path) is None:
-        return f"`python -m pipeline.verify {path}` (it names the remedy)"
+    if owner_stage(path) is None:   # no stage to rebuild it: verify still names what is wrong
+        return f"`python -m pipeline.verify --repo {path.parent} {path.name}`"
     root = path.parents[3]
     command = f"`python -m pipeline.verify --repair {path.relative_to(root).as_posix()}`"
     return command if Path.cwd().resolve() == root else f"{command} in {root}"

@@ -5,8 +5,9 @@ usage: python -m pipeline.verify [PATHS...] [--repair] [--repo DIR]
 For every store under features/ and logits/ (or under PATHS, relative to the repo): the `complete` flag and
 provenance; every inventoried file present with its recorded size; every shard decodes (crc32c, read shard
 by shard: bounded memory); and every file, and its DVC cache object, has the md5 that the output's `.dir`
-listing records. Outputs are hardlinked into the cache, so a write through the link damages both copies:
-each damaged copy gets its own line. One line per problem, a summary, exit status 0 only when all is well.
+listing records. A checked-out output is hardlinked to its cache object, so a write through the link damages
+both copies: each damaged copy gets its own line. One line per problem, a summary, exit status 0 only when
+all is well. `--repair`: pipeline/repair.py.
 """
 
 import argparse
@@ -27,7 +28,9 @@ from pipeline.store import decode_error, shard_regions
 
 STORE_ROOTS = ("features", "logits")
 LARGE = 64 << 20     # stores at least this big get a progress bar
-WORKERS = 2          # decode and md5 of different files overlap (both release the GIL on large buffers)
+# Files checked at once: md5 (which releases the GIL) of one overlaps Zarr's decode of the next; each holds
+# at most one shard in memory.
+WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class _File:
     """What one file's checks found; md5s are None where that copy is absent or not listed."""
     rel: str
     stat: os.stat_result | None
-    decode: str | None = None
+    decode: str | None = None   # why it does not decode (a shard) or parse (metadata)
     md5: str | None = None
     cache_stat: os.stat_result | None = None
     cache_md5: str | None = None
@@ -69,6 +72,16 @@ def _stat(path: Path) -> os.stat_result | None:
         return os.stat(path)
     except FileNotFoundError:
         return None
+
+
+def _files(root: Path) -> dict[str, os.stat_result]:
+    """{posix path under `root`: stat} of its files (symlinks followed: DVC may link outputs that way)."""
+    found = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if (st := _stat(Path(dirpath) / name)) is not None:
+                found[(Path(dirpath) / name).relative_to(root).as_posix()] = st
+    return found
 
 
 def _node_of(rel: str) -> str:
@@ -96,15 +109,15 @@ class _StoreCheck:
         self.repo, self.path, self.rel, self.cache = repo, repo / rel, rel, cache
         self.report = Report(rel)
         self.absent = not self.path.exists()
-        self.disk = {p.relative_to(self.path).as_posix(): st for p in sorted(self.path.rglob("*"))
-                     if (st := _stat(p)) is not None and not p.is_dir()} if self.path.is_dir() else {}
+        self.disk = _files(self.path)
+        self.unreadable = {}   # {metadata file: why it does not parse}, reported with that file's other findings
         self.group, self.inventory = self._open()
         self.regions = self._regions()
         self.listing = self._listing(lock.get(rel))
 
-    def problem(self, what: str, file: str = "", of: str = "", **kw) -> None:
-        """Record a problem of `file` in the store, or (with `of`) of the cache object of the store's file `of`."""
-        self.report.problems.append(Problem(self.rel, _node_of(of or file), file, what, **kw))
+    def problem(self, what: str, file: str = "", node: str | None = None, **kw) -> None:
+        """Record a problem of `file` (a file of the store, else a cache object of the store's `node`)."""
+        self.report.problems.append(Problem(self.rel, _node_of(file) if node is None else node, file, what, **kw))
 
     def shown(self, path: Path) -> str:
         """A cache path as the user sees it: relative to the repo when inside it."""
@@ -118,7 +131,8 @@ class _StoreCheck:
         try:
             group = zarr.open_group(self.path, mode="r")
         except Exception as exc:  # any failure to open is the finding
-            self.problem(f"cannot be opened as a Zarr group ({type(exc).__name__}: {exc})", "zarr.json")
+            if "zarr.json" in self.disk:
+                self.unreadable["zarr.json"] = f"{type(exc).__name__}: {exc}"
             return None, None
         attrs = dict(group.attrs)
         if attrs.get("complete") is not True:
@@ -130,7 +144,7 @@ class _StoreCheck:
         return group, attrs.get("files")
 
     def _regions(self) -> dict[str, tuple[zarr.Array, tuple]]:
-        """{file: (array, selection)} of every shard file on disk; a node whose metadata fails is a problem."""
+        """{file: (array, selection)} of every shard file on disk."""
         regions = {}
         for rel in self.disk:
             if self.group is None or not rel.endswith("/zarr.json"):
@@ -138,7 +152,7 @@ class _StoreCheck:
             try:
                 node = self.group[_node_of(rel)]
             except Exception as exc:  # metadata that does not parse
-                self.problem(f"metadata does not parse ({type(exc).__name__}: {exc})", rel)
+                self.unreadable[rel] = f"{type(exc).__name__}: {exc}"
                 continue
             if isinstance(node, zarr.Array):
                 for key, region in shard_regions(node):
@@ -159,18 +173,18 @@ class _StoreCheck:
         try:
             found = dvccache.listing(self.cache, out["md5"])
         except ValueError as exc:
-            self.problem(f"the DVC cache's listing of this store is damaged ({exc})", self.shown(where),
+            self.problem(f"the DVC cache's listing of this store is damaged ({exc})", self.shown(where), "",
                          cache_object=where)
             return None
         if found is None:
             self.problem("the DVC cache lacks this store's listing (a pruned cache? `dvc pull` if it was pushed)",
-                         self.shown(where))
+                         self.shown(where), "")
         return found
 
     def check_file(self, rel: str) -> _File:
         """Decode (when a shard) and hash one file; the workspace file and its cache object are hashed once
         when they are one inode (DVC's hardlink), since their bytes cannot differ."""
-        found = _File(rel, self.disk.get(rel))
+        found = _File(rel, self.disk.get(rel), self.unreadable.get(rel))
         if rel in self.regions:
             found.decode = decode_error(*self.regions[rel])
         if self.listing is not None and rel in self.listing:
@@ -205,20 +219,24 @@ class _StoreCheck:
                 ws.append(f"md5 {f.md5}, DVC recorded {recorded}")
         cache_ok = recorded is not None and f.cache_md5 == recorded
         if ws:
-            # A checkout restores it when the cache has the recorded bytes, unless those bytes do not decode.
-            self.problem("; ".join(ws), f.rel, rebuild=not cache_ok or (f.decode is not None and f.md5 == recorded))
+            # `dvc checkout --force` drops a stray file and restores a listed one from a sound cache object,
+            # which helps only if those recorded bytes decode.
+            restorable = self.listing is not None and (recorded is None or cache_ok)
+            recorded_bad = recorded is not None and f.decode is not None and f.md5 == recorded
+            self.problem("; ".join(ws), f.rel, rebuild=not restorable or recorded_bad)
         if recorded is None or cache_ok:
             return
         obj = dvccache.object_path(self.cache, recorded)
         if f.cache_stat is None:
-            self.problem(f"cache object of {f.rel} is missing", self.shown(obj), f.rel)
+            self.problem(f"cache object of {f.rel} is missing", self.shown(obj), _node_of(f.rel))
             return
         bad = [f"md5 {f.cache_md5}, DVC recorded {recorded}"]
         if size is not None and f.cache_stat.st_size != size:
             bad.insert(0, f"has {f.cache_stat.st_size} bytes, the store's inventory says {size}")
         if f.stat and dvccache.same_file(f.stat, f.cache_stat):
             bad.append("one inode with the workspace file: a write through the hardlink damaged both")
-        self.problem(f"cache object of {f.rel}: {'; '.join(bad)}", self.shown(obj), f.rel, cache_object=obj)
+        self.problem(f"cache object of {f.rel}: {'; '.join(bad)}", self.shown(obj), _node_of(f.rel),
+                     cache_object=obj)
 
     def run(self, progress: bool) -> Report:
         files = sorted(set(self.disk) | set(self.inventory or ()) | set(self.listing or ()))
@@ -259,10 +277,10 @@ def find_stores(repo: Path, paths: list[str], lock: dict) -> list[str]:
     stores = set()
     for given in paths or STORE_ROOTS:
         path = (repo / given).resolve()
-        rel = path.relative_to(repo).as_posix() if path.is_relative_to(repo) else None
-        if rel is None:
+        if not path.is_relative_to(repo):
             raise ValueError(f"{given} is outside the repo {repo}")
-        recorded = {out for out in lock if out == rel or out.startswith(f"{rel}/") or rel == "."}
+        rel = path.relative_to(repo).as_posix()
+        recorded = {out for out in lock if rel == "." or out == rel or out.startswith(f"{rel}/")}
         stores |= {out for out in recorded if out.endswith(".zarr")}
         if path.suffix == ".zarr" or (path / "zarr.json").is_file():
             stores.add(rel)
@@ -285,16 +303,19 @@ def verify(repo: Path, stores: list[str], progress: bool = True) -> list[Report]
     return reports
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def summary(reports: list[Report], seconds: float) -> str:
     damaged = [r.store for r in reports if r.problems]
-    count = sum(len(r.problems) for r in reports)
-    size = sum(r.nbytes for r in reports)
-    head = (f"verify: {len(reports)} stores, {sum(r.files for r in reports)} files, {size / 2**20:.1f} MiB "
-            f"in {seconds:.1f} s")
+    head = (f"verify: {_count(len(reports), 'store')}, {_count(sum(r.files for r in reports), 'file')}, "
+            f"{sum(r.nbytes for r in reports) / 2**20:.1f} MiB in {seconds:.1f} s")
     if not damaged:
         return f"{head}: all well"
-    return (f"{head}: {count} problem{'s' * (count != 1)} in {len(damaged)} store{'s' * (len(damaged) != 1)} "
-            f"({', '.join(damaged)}); `python -m pipeline.verify --repair {' '.join(damaged)}` mends them")
+    return (f"{head}: {_count(sum(len(r.problems) for r in reports), 'problem')} in "
+            f"{_count(len(damaged), 'store')} ({', '.join(damaged)}); to mend: "
+            f"`python -m pipeline.verify --repair {' '.join(damaged)}`")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,14 @@
 """Store integrity: verify's checks, repair's plan, readers' errors, interrupted writes (issue 15).
 
 Unit tests build small stores in tmp_path, with the DVC side (dvc.lock entry, `.dir` listing, cache objects
-hardlinked as DVC links them) written by hand; the slow tests damage the reproduced demo repo and mend it.
+hardlinked as a DVC checkout links them) written by hand; the slow tests damage the reproduced demo repo and mend it.
 """
 
 import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,8 +52,12 @@ def _track(repo: Path, rel: str = STORE, stage: str = "extract@m-ds", hardlink: 
         md5 = dvccache.md5_file(path)
         obj = dvccache.object_path(cache, md5)
         obj.parent.mkdir(parents=True, exist_ok=True)
-        if not obj.exists():
-            os.link(path, obj) if hardlink else shutil.copyfile(path, obj)
+        if obj.exists():
+            pass   # same bytes as a file already cached
+        elif hardlink:
+            os.link(path, obj)
+        else:
+            shutil.copyfile(path, obj)
         entries.append({"md5": md5, "relpath": path.relative_to(repo / rel).as_posix()})
     raw = json.dumps(entries, sort_keys=True).encode()
     dir_md5 = hashlib.md5(raw).hexdigest() + ".dir"
@@ -95,7 +100,7 @@ def test_healthy_store_has_no_problem_and_hashes_each_hardlinked_file_once(tmp_p
     assert sorted(hashed) == sorted(files)       # once per file: its cache object is the same inode
     assert verify.main(["--repo", str(repo)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "verify: 1 stores" in out and "all well" in out
+    assert out.count("\n") == 1 and out.startswith("verify: 1 store, 7 files, ") and "all well" in out
 
 
 def test_copies_in_the_cache_are_hashed_separately(tmp_path, monkeypatch):
@@ -116,7 +121,7 @@ def test_deleted_shard_is_reported_and_a_checkout_can_restore_it(tmp_path, capsy
     assert verify.main(["--repo", str(repo)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{STORE} [x] x/c/1/0: {problem.what}"
-    assert "1 problem in 1 store" in lines[1] and f"`python -m pipeline.verify --repair {STORE}`" in lines[1]
+    assert lines[1].endswith(f": 1 problem in 1 store ({STORE}); to mend: `python -m pipeline.verify --repair {STORE}`")
 
 
 def test_truncation_through_the_hardlink_reports_both_copies(tmp_path):
@@ -169,6 +174,40 @@ def test_flags_provenance_inventory_and_stray_files(tmp_path):
                      ("x/c/9/0", "not in the store's inventory (not written by the stage)")}
     group.attrs.put({k: v for k, v in group.attrs.items() if k != "files"})
     assert any("no file inventory" in n for n in _check(repo).notes)
+
+
+def test_stray_file_in_a_tracked_store_is_dropped_by_a_checkout(tmp_path):
+    repo = _repo(tmp_path)
+    (repo / STORE / "x" / "c" / "0" / "0.5e1f.partial").write_bytes(b"?")
+    [problem] = _check(repo).problems
+    assert problem.what == "not in the store's inventory (not written by the stage); not in the DVC listing of " \
+                           "this store" and not problem.rebuild
+
+
+def test_unparsable_metadata_is_one_line_per_file(tmp_path):
+    repo = _repo(tmp_path, hardlink=False)
+    (repo / STORE / "zarr.json").write_text("{")
+    [root] = _check(repo).problems
+    assert (root.file, root.rebuild) == ("zarr.json", False)   # the cache's copy restores it
+    assert "does not decode (" in root.what and "DVC recorded" in root.what
+    shutil.copyfile(_cache_object(repo, "zarr.json"), repo / STORE / "zarr.json")
+    (repo / STORE / "x" / "zarr.json").write_text("{")
+    [node] = _check(repo).problems
+    assert (node.array, node.file) == ("x", "x/zarr.json") and "does not decode (" in node.what
+
+
+def test_cache_dir_follows_the_dvc_config(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    assert dvccache.cache_dir(tmp_path) == tmp_path / ".dvc" / "cache"
+    (tmp_path / ".dvc" / "config").write_text("[cache]\n    dir = ../elsewhere\n")
+    assert dvccache.cache_dir(tmp_path).resolve() == (tmp_path / "elsewhere").resolve()
+
+
+def test_cli_refuses_a_path_with_no_store(tmp_path, capsys):
+    _repo(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        verify.main(["--repo", str(tmp_path), "nowhere"])
+    assert exit_.value.code == 2 and "nowhere: no store there" in capsys.readouterr().err
 
 
 def test_untracked_store_gets_a_note_and_passes(tmp_path, capsys):
@@ -470,7 +509,7 @@ def test_healthy_demo_repo_verifies(demo_repo):
     proc = _verify(demo_repo)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [line] = proc.stdout.splitlines()
-    assert line.startswith("verify: 4 stores") and line.endswith("all well")
+    assert re.fullmatch(r"verify: \d+ stores, \d+ files, .*: all well", line), line
 
 
 def test_deleted_shard_in_the_demo_repo(demo_repo):

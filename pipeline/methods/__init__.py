@@ -4,8 +4,9 @@ Adding a method = one module ending in `METHOD = ...` (see `pipeline.methods.con
 one params block (if it has knobs), and its tests.
 """
 
-from pipeline.methods import ape, isoclip, ncm, semobridge, tip_adapter, zeroshot
+from pipeline.methods import ape, isoclip, ncm, semobridge, semobridge_t, tip_adapter, zeroshot
 from pipeline.methods.contract import Method
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    zeroshot.METHOD, ncm.METHOD, isoclip.METHOD, tip_adapter.METHOD, ape.METHOD, semobridge.METHOD)}
+    zeroshot.METHOD, ncm.METHOD, isoclip.METHOD, tip_adapter.METHOD, ape.METHOD, semobridge.METHOD,
+    semobridge_t.METHOD)}

@@ -14,6 +14,7 @@ once in `pipeline.methods.REGISTRY`. It declares:
                     like it. A method without weights has one component, "logits"
     base            True: fused logits = zero-shot logits + sum_w weight_w * component_w (Tip, APE)
     knobs           which of `Fit.choice` the summary shows
+    measured        which of `Fit.choice` are measurements (seconds), not choices: they vary run to run
 
 logits.zarr holds `<name>/<draw key>/<component>/{val,test}` (N, C) arrays (`pipeline.layout.logits_array`),
 so fuse pairs weights with components by name, never by position. `pipeline.adapt.Inputs` and `Draw`
@@ -48,6 +49,7 @@ class Method:
     base: bool = False
     weights: dict[str, tuple[float, float]] = {}
     knobs: tuple[str, ...] = ()
+    measured: tuple[str, ...] = ()
 
     @property
     def component_names(self) -> tuple[str, ...]:

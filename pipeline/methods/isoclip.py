@@ -5,9 +5,13 @@ and EOS features e (N, d_t) are raw. Psi = W_img W_txt^T (d_v, d_t) with reduced
 r = min(d_v, d_t), singular values descending; the kept band is indices [k_top, r - k_bottom).
 """
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from pipeline import config
+from pipeline.layout import SPLIT_CODES
 from pipeline.methods.contract import Fit, Method
 from pipeline.methods.cosine import normalize
 from pipeline.methods.ncm import ncm_logits
@@ -59,23 +63,45 @@ def iso_embed(pre: torch.Tensor, W_iso: torch.Tensor) -> torch.Tensor:
     return normalize(pre @ W_iso)
 
 
+PROTOTYPES = ("shots", "train")
+
+
+@dataclass(frozen=True)
+class IsoNCMConfig:
+    """`methods.isoclip`: the band per arch, and where IsoNCM's class prototypes come from."""
+    band: config.Band
+    prototypes: str    # shots: the K-shot draw | train: every train image (IsoCLIP's own protocol, §5.5)
+
+
 class IsoNCM(Method):
     """NCM on IsoCLIP-projected pre-projection features: prototypes and queries both through W_iso."""
     name, label, block = "isoncm", "IsoCLIP-NCM", "isoclip"
 
     def config(self, section, where, arch):
-        return config.band(section, arch, where, "'isoncm' from methods.enabled")
+        return IsoNCMConfig(config.band(section, arch, where, "'isoncm' from methods.enabled"),
+                            config.need(section, "prototypes", str, where, choices=PROTOTYPES))
 
     def setup(self, inputs, cfg):
         feats = inputs.feats
-        U_k, _ = iso_basis(inputs.tensor(feats.W_img), inputs.tensor(feats.W_txt), cfg.k_top, cfg.k_bottom,
+        U_k, _ = iso_basis(inputs.tensor(feats.W_img), inputs.tensor(feats.W_txt), cfg.band.k_top, cfg.band.k_bottom,
                            None if feats.b_img is None else inputs.tensor(feats.b_img))
         W_iso = iso_image_projector(inputs.tensor(feats.W_img), U_k)
-        return W_iso, {s: inputs.tensor(feats.pre[r]) @ W_iso for s, r in inputs.rows.items()}
+        query = {s: inputs.tensor(feats.pre[r]) @ W_iso for s, r in inputs.rows.items()}
+        if cfg.prototypes == "shots":
+            return W_iso, query, None
+        train = np.flatnonzero(feats.split == SPLIT_CODES["train"])
+        pre, label = inputs.tensor(feats.pre[train]), torch.from_numpy(feats.label[train].astype(np.int64))
+        sums = torch.zeros(inputs.num_classes, pre.shape[1], device=pre.device).index_add_(0, label.to(pre.device), pre)
+        counts = torch.bincount(label, minlength=inputs.num_classes)
+        if (counts == 0).any():
+            raise ValueError(f"methods.isoclip.prototypes = 'train' but classes {torch.nonzero(counts == 0).flatten().tolist()} "
+                             f"have no train image")
+        return W_iso, query, iso_embed(sums / counts.to(pre)[:, None], W_iso)
 
     def fit(self, inputs, draw, state, cfg):
-        W_iso, query = state
-        centres = iso_embed(inputs.tensor(inputs.feats.pre[draw.idx]).mean(dim=1), W_iso)
+        W_iso, query, train_centres = state
+        centres = (iso_embed(inputs.tensor(inputs.feats.pre[draw.idx]).mean(dim=1), W_iso)
+                   if train_centres is None else train_centres)
         return Fit({}, lambda s: {"logits": ncm_logits(query[s], centres)})
 
 
