@@ -53,9 +53,10 @@ def fit(params: list[torch.Tensor], loss_fn: Callable[[torch.Generator], torch.T
     for step in tqdm(range(recipe.steps), desc=desc, leave=False, disable=None):
         for group in opt.param_groups:
             group["lr"] = warmup_lr(step, recipe)
-        loss = loss_fn(gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.enable_grad():   # callers may run under no_grad (benchmarks, inference code)
+            loss = loss_fn(gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         if score:

@@ -176,3 +176,11 @@ def test_demo_16_shots_val_at_least_the_training_free_bridge(demo_repo, record_p
            for m in ("semobridge", "semobridge_t")}
     record_property("semobridge_t_minus_semobridge_val", round(val["semobridge_t"] - val["semobridge"], 4))
     assert val["semobridge_t"] >= val["semobridge"], val
+
+
+def test_training_works_under_a_callers_no_grad():
+    w = torch.zeros(3)
+    recipe = config.TrainRecipe(steps=5, lr=0.1, warmup=1, warmup_min_lr=0.1, weight_decay=0.0, seed=0)
+    with torch.no_grad():
+        done = train.fit([w], lambda gen: ((w - 1.0) ** 2).sum(), recipe)
+    assert done.losses[-1] < done.losses[0] and not w.requires_grad
