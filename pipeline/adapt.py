@@ -27,7 +27,7 @@ import torch
 from pipeline import draws as drawlib
 from pipeline import metrics
 from pipeline.config import Methods
-from pipeline.features import Features
+from pipeline.features import Features, nonfinite_rows
 from pipeline.layout import ALL_DRAWS, SPLIT_CODES, logits_array
 from pipeline.methods import REGISTRY
 from pipeline.methods.contract import EVAL_SPLITS
@@ -40,10 +40,8 @@ class InputError(ValueError):
 
 
 def _finite(name: str, array: np.ndarray) -> None:
-    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-    if bad.any():
-        raise InputError(f"'{name}' has {int(bad.sum())} rows with NaN or inf (first row {int(bad.argmax())}); "
-                         f"re-run the stage that wrote it")
+    if why := nonfinite_rows(name, array):
+        raise InputError(f"{why}; re-run the stage that wrote it")
 
 
 class Inputs:

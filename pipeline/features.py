@@ -34,10 +34,15 @@ class Features:
     provenance: dict
 
 
+def nonfinite_rows(name: str, array: np.ndarray) -> str | None:
+    """"'name' has K rows with NaN or inf (first row R)", or None when every row is finite."""
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    return f"'{name}' has {int(bad.sum())} rows with NaN or inf (first row {int(bad.argmax())})" if bad.any() else None
+
+
 def _finite(path: Path, name: str, array: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(array).all(axis=tuple(range(1, array.ndim)))
-    if bad.any():
-        raise StoreError(f"{path}: '{name}' has {int(bad.sum())} rows with NaN or inf (first row {int(bad.argmax())})")
+    if why := nonfinite_rows(name, array):
+        raise StoreError(f"{path}: {why}")
     return array
 
 

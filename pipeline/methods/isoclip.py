@@ -14,7 +14,7 @@ from pipeline import config
 from pipeline.layout import SPLIT_CODES
 from pipeline.methods.contract import Fit, Method
 from pipeline.methods.cosine import normalize
-from pipeline.methods.ncm import ncm_logits
+from pipeline.methods.ncm import class_means, ncm_logits
 
 
 def iso_basis(
@@ -90,13 +90,12 @@ class IsoNCM(Method):
         if cfg.prototypes == "shots":
             return W_iso, query, None
         train = np.flatnonzero(feats.split == SPLIT_CODES["train"])
-        pre, label = inputs.tensor(feats.pre[train]), torch.from_numpy(feats.label[train].astype(np.int64))
-        sums = torch.zeros(inputs.num_classes, pre.shape[1], device=pre.device).index_add_(0, label.to(pre.device), pre)
-        counts = torch.bincount(label, minlength=inputs.num_classes)
-        if (counts == 0).any():
-            raise ValueError(f"methods.isoclip.prototypes = 'train' but classes {torch.nonzero(counts == 0).flatten().tolist()} "
-                             f"have no train image")
-        return W_iso, query, iso_embed(sums / counts.to(pre)[:, None], W_iso)
+        label = torch.from_numpy(feats.label[train].astype(np.int64)).to(inputs.device)
+        try:
+            means = class_means(inputs.tensor(feats.pre[train]), label, inputs.num_classes)
+        except ValueError as exc:
+            raise ValueError(f"methods.isoclip.prototypes = 'train' but {exc} in the train split") from None
+        return W_iso, query, iso_embed(means, W_iso)
 
     def fit(self, inputs, draw, state, cfg):
         W_iso, query, train_centres = state
