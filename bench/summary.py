@@ -50,6 +50,25 @@ def lines() -> list[str]:
             n = r["i2i_naive_over_chunked"]
             out.append(f"- `{name}` ({_where(r)}): naive full-matrix numpy / chunked ranking, eval time "
                        f"{n['eval_s']}x, RSS growth {n['eval_rss_growth']}x, mAP difference {n['mAP_abs_diff']}.")
+    r = _load("retrieval_scale")
+    if r:
+        t, f, x = r["routes"]["topk"], r["routes"]["full_ranking"], r["full_over_topk"]
+        extrapolated = f" (extrapolated linearly from {f['n_query']} queries)" if r["full_ranking_extrapolated"] else ""
+        out.append(f"- `retrieval_scale` ({_where(r)}): {t['n_query']} x {t['n_gallery']} synthetic, FAISS top-k "
+                   f"{t['eval_s']:.0f} s, peak RSS {t['peak_rss_mib']:.0f} MiB (+{t['eval_rss_growth_mib']:.0f}); "
+                   f"full ranking {f['eval_s_extrapolated']:.0f} s{extrapolated}, peak RSS {f['peak_rss_mib']:.0f} MiB "
+                   f"(+{f['eval_rss_growth_mib']:.0f}); full / top-k time {x['eval_s']}x, RSS growth "
+                   f"{x['eval_rss_growth']}x.")
+    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("inversion_latency-*.json")):
+        r = _load(name)
+        q = r["ms_per_query"]
+        out.append(f"- `{name}` ({_where(r)}): ms per query, batched / alone: OTI ({q['oti']['steps']} steps) "
+                   f"{q['oti']['ms_per_query_batched']:.1f} / {q['oti']['ms_per_query_batch1']:.0f}, OVI "
+                   f"({q['ovi']['steps']} steps) {q['ovi']['ms_per_query_batched']:.0f} / "
+                   f"{q['ovi']['ms_per_query_batch1']:.0f}, IsoCLIP {q['isoclip']['ms_per_query_batched']:.2g} / "
+                   f"{q['isoclip']['ms_per_query_batch1']:.2g}, bridge {q['bridge']['ms_per_query_batched']:.2g} / "
+                   f"{q['bridge']['ms_per_query_batch1']:.2g}; OTI / bridge {r['ratios']['oti_over_bridge']['batched']:.3g}x "
+                   f"batched, {r['ratios']['oti_over_bridge']['batch1']:.3g}x alone.")
     r = _load("extraction")
     if r:
         out.append(f"- `extraction` ({_where(r)}): end-to-end / forward-only {r['efficiency']:.2f}, peak RSS growth "

@@ -383,6 +383,7 @@ class Retrieval:
     isoclip: Band | None = None        # image side, for i2i_isoclip
     isoclip_text: Band | None = None   # text side, for t2t_isoclip
     atol: float | None = None          # for i2i_bridge_*
+    faiss_above: int | None = None     # a larger gallery takes the FAISS top-k route (None: always full ranking)
 
 
 def retrieval(params: dict, arch: str, variants) -> Retrieval:
@@ -399,6 +400,7 @@ def retrieval(params: dict, arch: str, variants) -> Retrieval:
         raise ParamsError(f"params.yaml: 'retrieval.query' and 'retrieval.gallery' share {sorted(shared)}: every "
                           f"such query would find itself; set 'retrieval.leave_one_out: true' or use disjoint splits")
     ks = tuple(sorted(set(int_list(sec, "ks", "retrieval"))))
+    faiss_above = need(sec, "faiss_above", int, "retrieval", minimum=0)
     chosen = names(sec, "variants", "retrieval", variants)
     iso = isoclip_band(params, arch, "'i2i_isoclip' from retrieval.variants") if "i2i_isoclip" in chosen else None
     iso_text = None
@@ -406,4 +408,4 @@ def retrieval(params: dict, arch: str, variants) -> Retrieval:
         iso_text = band(need(sec, "isoclip_text", dict, "retrieval"), arch, "retrieval.isoclip_text",
                         "'t2t_isoclip' from retrieval.variants")
     atol = bridge_atol(params) if any(v.startswith("i2i_bridge") for v in chosen) else None
-    return Retrieval(query, gallery, loo, ks, chosen, iso, iso_text, atol)
+    return Retrieval(query, gallery, loo, ks, chosen, iso, iso_text, atol, faiss_above)

@@ -4,6 +4,7 @@ stage that owns each output. Stages, benchmarks and tests all use these names.
     data/<ds>/manifest.parquet, dataset.json              prepare@<ds>
     models/<m>/model.pt, card.json                         model@<m>
     features/<m>/<ds>/{images,text,views}.zarr             extract@ / text@ / views@<m>-<ds>
+    features/<m>/<ds>/{oti,ovi}.zarr                       oti@ / ovi@<m>-<ds>
     fewshot/<ds>/fewshot.json                              fewshot@<ds>
     logits/<m>/<ds>/logits.zarr                            adapt@<m>-<ds>
     reports/metrics.json, fusion.json, per_seed.csv        fuse
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}   # image/split in images.zarr
 
-FEATURE_STORES = {"images.zarr": "extract", "text.zarr": "text", "views.zarr": "views"}
+FEATURE_STORES = {"images.zarr": "extract", "text.zarr": "text", "views.zarr": "views", "oti.zarr": "oti",
+                  "ovi.zarr": "ovi"}
 
 
 def draw_key(shots: int, seed: int) -> str:

@@ -131,15 +131,23 @@ def split_projections(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
 
 
 def load(model_dir: Path, device: str = "cpu") -> LoadedModel:
-    """Load `model_dir/model.pt` as its card describes and split off the projections."""
-    card = json.loads((Path(model_dir) / "card.json").read_text())
+    """Load `model_dir/model.pt` as its card describes (refusing a checkpoint whose sha256 is not the card's)
+    and split off the projections."""
+    model_dir = Path(model_dir)
+    for name in ("card.json", "model.pt"):
+        if not (model_dir / name).is_file():
+            raise ModelError(f"{model_dir / name} is missing: run `dvc repro model@{model_dir.name}`")
+    card = json.loads((model_dir / "card.json").read_text())
+    if sha256_file(model_dir / "model.pt") != card["checkpoint_sha256"]:
+        raise ModelError(f"{model_dir / 'model.pt'} is not the checkpoint its card.json describes (sha256 differs): "
+                         f"run `dvc repro model@{model_dir.name}` or `dvc checkout models/{model_dir.name}`")
     _check_arch(card["arch"])
     model = open_clip.create_model(card["arch"], pretrained=None)
-    state = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{model_dir}/model.pt does not match architecture '{card['arch']}': {exc}") from None
+        raise ModelError(f"{model_dir / 'model.pt'} does not match architecture '{card['arch']}': {exc}") from None
     logit_scale = float(model.logit_scale.detach().exp())
     W_img, b_img, W_txt = split_projections(model)
     return LoadedModel(

@@ -2,7 +2,8 @@
 
 Similarity is the inner product of L2-normalised float32 vectors. ``search`` is exact top-k with FAISS
 (``IndexFlatIP`` on CPU, a GPU flat index when FAISS has GPUs); ``evaluate`` computes mAP, mAP@R, P@R
-and R@k with relevance = same label, optionally leave-one-out.
+and R@k with relevance = same label, optionally leave-one-out; ``evaluate_topk`` computes R@k and mAP@k
+from FAISS top-k lists, with memory bounded by query and gallery blocks (the route for large galleries).
 
 Tie convention (everywhere in this module): the ranking is by descending score, and items with exactly
 equal scores are ordered by ascending gallery index (position in the gallery array). ``search`` re-sorts
@@ -19,6 +20,8 @@ import numpy as np
 
 # FAISS's GPU_MAX_SELECTION_K (CUDA builds): GPU top-k refuses larger k.
 GPU_MAX_K = 2048
+# Gallery rows indexed at a time by the top-k route (the index copies them: 128 MiB at D = 512).
+GALLERY_CHUNK = 65536
 
 
 def l2_normalize(x, *, name="x"):
@@ -53,13 +56,9 @@ def search(query, gallery, k, *, device=None):
     if k > len(g):
         raise ValueError(f"k={k} is larger than the gallery ({len(g)} items)")
     device = _parse_device(device)
-    if device is None:
-        gpu = 0 if faiss.get_num_gpus() > 0 and k <= GPU_MAX_K else None
-    elif device == "cpu":
-        gpu = None
-    else:
-        gpu = _faiss_gpu(device, k)
-    return _search_index(_flat_ip_index(g, gpu), q, k)
+    gpu = _gpu_for(device, k) if device in (None, "cpu") else _faiss_gpu(device, k)
+    scores, idx = _flat_ip_index(g, gpu).search(np.ascontiguousarray(q), k)
+    return _tie_ordered(scores, idx, k)
 
 
 def evaluate(query, query_labels, gallery, gallery_labels, *, query_ids=None, gallery_ids=None,
@@ -81,9 +80,8 @@ def evaluate(query, query_labels, gallery, gallery_labels, *, query_ids=None, ga
     ``full_ranking=True`` ranks the whole gallery for each block of ``chunk`` queries (matmul + stable
     sort; numpy on CPU, torch on GPU), so peak memory is about ``16 * chunk * n_gallery`` bytes whatever
     the number of queries; all metrics come from that ranking. ``full_ranking=False`` skips mAP (no
-    ``"mAP"`` key) and reads the other metrics from a FAISS top-k search with k = max(max(ks), R), which
-    falls back to the matmul ranking for a block where the GPU would need k > ``GPU_MAX_K`` and for
-    rows where a tie straddles the k-th place.
+    ``"mAP"`` key) and reads the other metrics from exact FAISS top-k lists with k = max(max(ks), R), as
+    ``evaluate_topk`` finds them (a search deeper than ``GPU_MAX_K`` runs on CPU FAISS).
     ``device``: None = GPU when available (torch CUDA for the matmul, FAISS GPUs for search), ``"cpu"``,
     or ``"cuda"``/``"cuda:N"``. GPU matmul honours torch's float32 matmul precision: leave TF32 off for
     exact ranks.
@@ -93,46 +91,97 @@ def evaluate(query, query_labels, gallery, gallery_labels, *, query_ids=None, ga
     gallery (minus one under leave-one-out), non-positive ``ks``/``chunk``, bad ids, or no query with a
     relevant item.
     """
-    q = l2_normalize(query, name="query")
-    g = l2_normalize(gallery, name="gallery")
-    _check_dims(q, g)
-    qcode, gcode = _label_codes(query_labels, len(q), gallery_labels, len(g))
-    ks = sorted({_positive_int(k, "ks entry") for k in _as_tuple(ks, "ks")})
-    chunk = _positive_int(chunk, "chunk")
-    device = _parse_device(device)
-
-    self_pos = None
-    if leave_one_out:
-        self_pos = _self_positions(query_ids, gallery_ids, len(q), len(g))
-    elif query_ids is not None or gallery_ids is not None:
-        raise ValueError("query_ids/gallery_ids are only used with leave_one_out=True; got ids without it")
-    n_avail = len(g) - leave_one_out
-    if ks[-1] > n_avail:
-        raise ValueError(f"ks contains k={ks[-1]} but the gallery has only {n_avail} items to rank"
-                         + (" after leave-one-out" if leave_one_out else ""))
-
-    n_rel = np.bincount(gcode, minlength=qcode.max() + 1)[qcode]
-    if leave_one_out:
-        n_rel -= gcode[self_pos] == qcode
-    keep = np.flatnonzero(n_rel > 0)
-    if len(keep) == 0:
-        raise ValueError(f"none of the {len(q)} queries has a relevant (same-label) item in the gallery")
-
-    ranker = _matmul_ranker(g, gcode, device)
-    if not full_ranking:
-        ranker = _faiss_searcher(g, gcode, device, ranker)
+    p = _Problem(query, query_labels, gallery, gallery_labels, query_ids, gallery_ids, leave_one_out, ks, chunk,
+                 device)
+    if full_ranking:
+        ranker = _matmul_ranker(p.g, p.gcode, p.device)
+    else:
+        ranker = _topk_ranker(p.g, p.gcode, p.device)
     parts = []
-    for start in range(0, len(keep), chunk):
-        rows = keep[start:start + chunk]
-        sp = None if self_pos is None else self_pos[rows]
-        k_need = max(ks[-1], int(n_rel[rows].max()))
-        hit_rows, hit_ranks = ranker(q[rows], qcode[rows], sp, k_need)
-        parts.append(_metrics_from_ranks(hit_rows, hit_ranks, n_rel[rows], ks, full_ranking))
+    for start in range(0, len(p.keep), p.chunk):
+        rows = p.keep[start:start + p.chunk]
+        sp = None if p.self_pos is None else p.self_pos[rows]
+        k_need = max(p.ks[-1], int(p.n_rel[rows].max()))
+        hit_rows, hit_ranks = ranker(p.q[rows], p.qcode[rows], sp, k_need)
+        parts.append(_metrics_from_ranks(hit_rows, hit_ranks, p.n_rel[rows], p.ks, full_ranking))
+    return p.summary({key: np.concatenate([part[key] for part in parts]) for key in parts[0]})
 
-    per_query = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    out = {key: 100.0 * float(v.mean()) for key, v in per_query.items()}
-    out["n_queries"] = int(len(keep))
-    out["n_skipped_no_relevant"] = int(len(q) - len(keep))
+
+def evaluate_topk(query, query_labels, gallery, gallery_labels, *, query_ids=None, gallery_ids=None,
+                  leave_one_out=False, ks=(1, 5, 10), chunk=1024, gallery_chunk=GALLERY_CHUNK, device=None):
+    """R@k and mAP@k of ``query`` against ``gallery`` from exact FAISS top-k lists; relevant = same label.
+
+    The route for galleries too large to rank in full: only the top max(ks) items of each query are found
+    (FAISS ``IndexFlatIP``; a GPU flat index when FAISS has GPUs, except for a search deeper than
+    ``GPU_MAX_K``, which runs on CPU). Per query, with ``R`` = number of relevant gallery items and
+    ``rel(i)`` = 1 if the item at rank i is relevant, under the module's tie convention:
+    ``R@k`` = 1 if any of the top k is relevant (as in ``evaluate``), and
+    ``mAP@k`` = sum_{i <= k} rel(i) * P@i / min(k, R), AP truncated at rank k and normalised by the most
+    relevant items the top k can hold, so a perfect top k scores 1 and mAP@R is ``evaluate``'s mAP@R.
+    Returns the means over queries ×100 under ``"R@<k>"`` and ``"mAP@<k>"`` for each k in ``ks``, plus
+    ``"n_queries"`` and ``"n_skipped_no_relevant"`` as ``evaluate`` does (queries with R = 0 are left out).
+
+    Memory is bounded on both sides: ``gallery_chunk`` gallery rows are indexed at a time and searched by
+    blocks of ``chunk`` queries, each block's top k merged into a running top k per query, so beyond the
+    inputs and their normalised float32 copies peak memory is about ``4 * D * gallery_chunk + 12 * (max(ks)
+    + 2) * n_query`` bytes (plus, for rows where items tie exactly across the k-th place, an exact numpy
+    re-ranking of ``chunk`` x ``gallery_chunk`` scores), where the full ranking needs ``16 * chunk *
+    n_gallery``. ``leave_one_out``, ids and the errors are those of ``evaluate``; ``device``:
+    None, ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (a FAISS GPU; ValueError when FAISS has no such GPU).
+    """
+    p = _Problem(query, query_labels, gallery, gallery_labels, query_ids, gallery_ids, leave_one_out, ks, chunk,
+                 device)
+    gallery_chunk = _positive_int(gallery_chunk, "gallery_chunk")
+    sp = None if p.self_pos is None else p.self_pos[p.keep]
+    _, idx = _exact_topk(p.q[p.keep], p.g, p.ks[-1], sp, _FlatIPBlocks(p.device), p.chunk, gallery_chunk)
+    rel = p.gcode[idx] == p.qcode[p.keep][:, None]
+    return p.summary(_metrics_at_k(rel, p.n_rel[p.keep], p.ks))
+
+
+class _Problem:
+    """Validated, normalised inputs shared by ``evaluate`` and ``evaluate_topk``."""
+
+    def __init__(self, query, query_labels, gallery, gallery_labels, query_ids, gallery_ids, leave_one_out, ks,
+                 chunk, device):
+        self.q = l2_normalize(query, name="query")
+        self.g = l2_normalize(gallery, name="gallery")
+        _check_dims(self.q, self.g)
+        self.qcode, self.gcode = _label_codes(query_labels, len(self.q), gallery_labels, len(self.g))
+        self.ks = sorted({_positive_int(k, "ks entry") for k in _as_tuple(ks, "ks")})
+        self.chunk = _positive_int(chunk, "chunk")
+        self.device = _parse_device(device)
+
+        self.self_pos = None
+        if leave_one_out:
+            self.self_pos = _self_positions(query_ids, gallery_ids, len(self.q), len(self.g))
+        elif query_ids is not None or gallery_ids is not None:
+            raise ValueError("query_ids/gallery_ids are only used with leave_one_out=True; got ids without it")
+        n_avail = len(self.g) - leave_one_out
+        if self.ks[-1] > n_avail:
+            raise ValueError(f"ks contains k={self.ks[-1]} but the gallery has only {n_avail} items to rank"
+                             + (" after leave-one-out" if leave_one_out else ""))
+
+        self.n_rel = np.bincount(self.gcode, minlength=self.qcode.max() + 1)[self.qcode]
+        if leave_one_out:
+            self.n_rel -= self.gcode[self.self_pos] == self.qcode
+        self.keep = np.flatnonzero(self.n_rel > 0)
+        if len(self.keep) == 0:
+            raise ValueError(f"none of the {len(self.q)} queries has a relevant (same-label) item in the gallery")
+
+    def summary(self, per_query: dict) -> dict:
+        """Means ×100 of per-query metrics (over the kept queries), with the query counts."""
+        out = {key: 100.0 * float(v.mean()) for key, v in per_query.items()}
+        out["n_queries"] = int(len(self.keep))
+        out["n_skipped_no_relevant"] = int(len(self.q) - len(self.keep))
+        return out
+
+
+def _metrics_at_k(rel, n_rel, ks):
+    """Per-query R@k and mAP@k (``evaluate_topk``) from the relevance of the top max(ks), in rank order."""
+    hits = np.cumsum(rel, axis=1)
+    ap_sums = np.cumsum(rel * hits / np.arange(1, rel.shape[1] + 1), axis=1)
+    out = {f"R@{k}": (hits[:, k - 1] > 0).astype(np.float64) for k in ks}
+    out.update({f"mAP@{k}": ap_sums[:, k - 1] / np.minimum(k, n_rel) for k in ks})
     return out
 
 
@@ -208,48 +257,80 @@ def _ranks_torch(q, g_t, qcode, gcode_t, self_pos):
     return rows.cpu().numpy(), ranks.cpu().numpy()
 
 
-class _FaissSearcher:
-    """f(q, qcode, self_pos, k) -> (rows, ranks) of relevant items among the top k, by FAISS search.
+def _topk_ranker(g, gcode, device):
+    """f(q, qcode, self_pos, k) -> (rows, ranks) of relevant items among the exact top k (FAISS)."""
+    search = _FlatIPBlocks(device)
 
-    Blocks that need a k the GPU cannot serve, and rows where a tie straddles the k-th place (FAISS
-    does not keep the lowest gallery index there), go to the exact matmul ``fallback``.
+    def ranker(q, qcode, self_pos, k):
+        _, idx = _exact_topk(q, g, k, self_pos, search, len(q), GALLERY_CHUNK)
+        return np.nonzero(gcode[idx] == qcode[:, None])
+    return ranker
+
+
+def _exact_topk(q, g, k, self_pos, search, chunk, gallery_chunk):
+    """Top k of each ``q`` row over ``g`` in the module's tie convention, own item (``self_pos``) left out:
+    ``(scores, idx)``, each ``(n_q, min(k, items left))``.
+
+    ``search`` is a block searcher (``_FlatIPBlocks``). Rows where items tie exactly across the k-th place
+    (FAISS picks which of them it returns) are searched again with numpy's stable sort, which keeps the
+    lowest gallery indices.
     """
-
-    def __init__(self, g, gcode, gpu, fallback):
-        self.index = _flat_ip_index(g, gpu)
-        self.gcode = gcode
-        self.gpu = gpu
-        self.fallback = fallback
-
-    def __call__(self, q, qcode, self_pos, k):
-        loo = self_pos is not None
-        # one column beyond k (plus the own item) shows whether a tie crosses the cut-off
-        n_search = min(k + loo + 1, self.index.ntotal)
-        if self.gpu is not None and n_search > GPU_MAX_K:
-            return self.fallback(q, qcode, self_pos, k)
-        scores, idx = _search_index(self.index, q, n_search)
-        if loo:
-            # drop the own item by gallery position (found by id), wherever it ranks; if it was not
-            # returned, the stable sort keeps the row's order and the last column goes
-            order = np.argsort(idx == self_pos[:, None], axis=1, kind="stable")[:, :n_search - 1]
-            scores = np.take_along_axis(scores, order, axis=1)
-            idx = np.take_along_axis(idx, order, axis=1)
-        rows, ranks = np.nonzero(self.gcode[idx[:, :k]] == qcode[:, None])
-        if scores.shape[1] == k:  # the whole gallery came back: no cut-off
-            return rows, ranks
+    loo = self_pos is not None
+    n_search = min(k + loo + 1, len(g))  # the column beyond k shows a tie that crosses the cut-off
+    scores, idx = _drop_self(*_blocked_topk(q, g, n_search, search, chunk, gallery_chunk), self_pos)
+    if scores.shape[1] > k:
         tied = np.flatnonzero(scores[:, k - 1] == scores[:, k])
-        if tied.size == 0:
-            return rows, ranks
-        exact = ~np.isin(rows, tied)
-        sp = None if self_pos is None else self_pos[tied]
-        t_rows, t_ranks = self.fallback(q[tied], qcode[tied], sp, k)
-        return np.concatenate([rows[exact], tied[t_rows]]), np.concatenate([ranks[exact], t_ranks])
+        if tied.size:
+            sp = None if self_pos is None else self_pos[tied]
+            exact = _blocked_topk(q[tied], g, n_search, _numpy_block_search, chunk, gallery_chunk)
+            scores[tied], idx[tied] = _drop_self(*exact, sp)
+    return scores[:, :k], idx[:, :k]
 
 
-def _faiss_searcher(g, gcode, device, fallback):
-    if device == "cpu" or (device is None and faiss.get_num_gpus() == 0):
-        return _FaissSearcher(g, gcode, None, fallback)
-    return _FaissSearcher(g, gcode, _faiss_gpu(device or "cuda", 1), fallback)
+def _blocked_topk(q, g, k, search, chunk, gallery_chunk):
+    """Top k of each ``q`` row over ``g``, ``gallery_chunk`` gallery rows x ``chunk`` queries at a time, each
+    block's top k merged into the running one in the tie convention (which of several items tied at a
+    block's cut-off comes back is the searcher's choice). Returns ``(scores, idx)``, ``(n_q, k)``."""
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    idx = np.full((len(q), k), len(g), np.int64)  # placeholders rank after every real item
+    for start in range(0, len(g), gallery_chunk):
+        block = g[start:start + gallery_chunk]
+        for r in range(0, len(q), chunk):
+            s, i = search(start, block, q[r:r + chunk], min(k, len(block)))
+            both = np.hstack([scores[r:r + chunk], s]), np.hstack([idx[r:r + chunk], i + start])
+            scores[r:r + chunk], idx[r:r + chunk] = _tie_ordered(*both, k)
+    return scores, idx
+
+
+class _FlatIPBlocks:
+    """search(start, block, q, k): FAISS top k of ``q`` in one gallery block (local indices). A block's index
+    is built once and kept while that block is searched; a GPU one serves k <= GPU_MAX_K, CPU the rest."""
+
+    def __init__(self, device):
+        self.device, self.key, self.index = device, None, None
+
+    def __call__(self, start, block, q, k):
+        gpu = _gpu_for(self.device, k)
+        if self.key != (start, len(block), gpu):
+            self.index, self.key = None, (start, len(block), gpu)  # free the previous block's copy first
+            self.index = _flat_ip_index(block, gpu)
+        return self.index.search(np.ascontiguousarray(q), k)
+
+
+def _numpy_block_search(start, block, q, k):
+    """Exact top k of ``q`` in one gallery block: float32 matmul, stable sort (ties: lowest index first)."""
+    scores = q @ block.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def _drop_self(scores, idx, self_pos):
+    """Remove each row's own item (gallery position ``self_pos``, found by id) wherever it ranks; a row that
+    did not return it loses its last column, so every row keeps one column fewer."""
+    if self_pos is None:
+        return scores, idx
+    order = np.argsort(idx == self_pos[:, None], axis=1, kind="stable")[:, :-1]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def _flat_ip_index(g, gpu):
@@ -265,10 +346,10 @@ def _flat_ip_index(g, gpu):
     return index
 
 
-def _search_index(index, q, k):
-    scores, idx = index.search(np.ascontiguousarray(q), k)
-    # FAISS orders equal scores its own way; restore the module's convention
-    order = np.lexsort((idx, -scores), axis=1)
+def _tie_ordered(scores, idx, k):
+    """The first k columns of each row by descending score, then ascending gallery index (FAISS orders equal
+    scores its own way)."""
+    order = np.lexsort((idx, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
@@ -357,6 +438,14 @@ def _parse_device(device):
     if device in (None, "cpu") or (isinstance(device, str) and re.fullmatch(r"cuda(:\d+)?", device)):
         return device
     raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _gpu_for(device, k):
+    """The FAISS GPU for a top-k search (None = CPU): GPU 0 for device None when FAISS has one, none for
+    "cpu" or a k beyond the GPU's GPU_MAX_K."""
+    if device == "cpu" or k > GPU_MAX_K or (device is None and faiss.get_num_gpus() == 0):
+        return None
+    return _faiss_gpu(device or "cuda", k)
 
 
 def _faiss_gpu(device, k):

@@ -15,6 +15,8 @@ float32, inner product, full ranking in bounded query chunks).
 | i2t                | projected image f                       | C class prompt prototypes (R@1 = zero-shot accuracy) |
 | t2t                | projected prompt t, every (class, prompt), leave-one-out | same set              |
 | t2t_isoclip        | e V_k V_k^T W_txt, leave-one-out        | same set                                 |
+| oti                | OTI text feature of the query image (§6.1) | projected image f                     |
+| ovi                | projected image f                       | C class means of the prompts' OVI image features (§6.2) |
 
 Transforms reuse ``pipeline.methods.isoclip`` and ``pipeline.methods.semobridge``; all linear algebra
 is float32 torch on the caller's device. Nothing here knows about DVC or files.
@@ -28,10 +30,11 @@ import torch
 from pipeline import metrics
 from pipeline.config import Retrieval
 from pipeline.features import MODEL_KEYS, Features
+from pipeline.inversion_store import Inverted
 from pipeline.layout import SPLIT_CODES
 from pipeline.methods import isoclip, semobridge
 from pipeline.methods.cosine import class_prototypes
-from pipeline.retrieval import evaluate
+from pipeline.retrieval import evaluate, evaluate_topk
 
 VARIANTS = {
     "i2i": "image -> image, projected features (intra-modal baseline)",
@@ -41,7 +44,11 @@ VARIANTS = {
     "i2t": "image -> text, query images vs class prompt prototypes (R@1 = zero-shot accuracy)",
     "t2t": "text -> text, projected prompt embeddings, leave-one-out over (class, prompt)",
     "t2t_isoclip": "text -> text, IsoCLIP text side e V_k V_k^T W_txt, leave-one-out over (class, prompt)",
+    "oti": "image -> image through text, OTI: the query's pseudo-word text feature vs projected gallery images",
+    "ovi": "image -> text through image, OVI: query images vs class means of the prompts' inverted image features "
+           "(R@1 = OVI zero-shot accuracy)",
 }
+INVERTED = ("oti", "ovi")   # variants that read an inversion store (pipeline/inversion_store.py)
 
 
 class VariantSkipped(Exception):
@@ -114,8 +121,9 @@ def bridged(emb: torch.Tensor, W_txt: torch.Tensor, text_pre: torch.Tensor, atol
 
 
 def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Features, gallery_rows: np.ndarray,
-          cfg: Retrieval, device: str = "cpu") -> Task:
-    """The ``Task`` of one variant; query/gallery rows index their Features' image arrays.
+          cfg: Retrieval, device: str = "cpu", inverted: Inverted | None = None) -> Task:
+    """The ``Task`` of one variant; query/gallery rows index their Features' image arrays; `inverted` is the
+    OTI store of the query features (variant oti) or the OVI store of the gallery's (ovi).
 
     Text variants (t2t*) ignore the image rows: their query set is every (class, prompt) of the
     gallery features' text, ranked leave-one-out. Raises VariantSkipped when the variant does not
@@ -157,6 +165,19 @@ def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Featur
     if variant == "i2t":
         protos = out(class_prototypes(t(gallery.text_emb)))
         return Task(query.emb[query_rows], q_lab, protos, np.arange(len(protos)), clamp_ks=True)
+    if variant in INVERTED:
+        if inverted is None:
+            raise ValueError(f"variant {variant!r} needs the {variant} store (features/<model>/<dataset>/{variant}.zarr)")
+        check_inverted(inverted, gallery)
+    if variant == "oti":
+        q = inverted.emb[inverted_positions(inverted, query_rows)]
+        return Task(q, q_lab, gallery.emb[gallery_rows], g_lab, leave_one_out=cfg.leave_one_out,
+                    info={"cos_to_image": cos_info(inverted)}, **ids)
+    if variant == "ovi":
+        n_cls, n_prompts = gallery.text_emb.shape[:2]
+        protos = out(class_prototypes(t(inverted.emb.reshape(n_cls, n_prompts, -1))))
+        return Task(query.emb[query_rows], q_lab, protos, np.arange(n_cls), clamp_ks=True,
+                    info={"cos_to_text": cos_info(inverted)})
 
     # text -> text over every (class, prompt) of the gallery's text features
     n_cls, n_prompts = gallery.text_emb.shape[:2]
@@ -176,6 +197,31 @@ def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Featur
                 info=info)
 
 
+def check_inverted(inverted: Inverted, feats: Features) -> None:
+    """Refuse an OTI/OVI store made from another checkpoint or dataset than the features."""
+    diff = [k for k in ("checkpoint_sha256", "dataset", "manifest_sha256")
+            if inverted.provenance.get(k) != feats.provenance.get(k)]
+    if diff:
+        raise ValueError("the inversion store comes from other features: " + "; ".join(
+            f"{k}: {inverted.provenance.get(k)!r} vs {feats.provenance.get(k)!r}" for k in diff))
+
+
+def inverted_positions(inverted: Inverted, rows: np.ndarray) -> np.ndarray:
+    """Positions in an OTI store of manifest `rows`; ValueError naming rows that were not inverted."""
+    pos = np.full(int(max(rows.max(), inverted.row.max())) + 1, -1)
+    pos[inverted.row] = np.arange(len(inverted.row))
+    missing = rows[pos[rows] < 0]
+    if len(missing):
+        raise ValueError(f"{len(missing)} query rows (first {int(missing[0])}) were not inverted by OTI: make "
+                         f"inversion.oti.splits cover retrieval.query")
+    return pos[rows]
+
+
+def cos_info(inverted: Inverted) -> dict:
+    """Mean cosine between inverted features and their targets, before and after the optimisation."""
+    return {"init": round(float(inverted.cos[:, 0].mean()), 4), "final": round(float(inverted.cos[:, 1].mean()), 4)}
+
+
 def iso_info(feats: Features, band) -> dict:
     """The kept band [k_top, r - k_bottom) of Psi's singular directions, and how many are nonzero.
 
@@ -191,20 +237,26 @@ def iso_info(feats: Features, band) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def run(task: Task, ks: list[int], *, chunk: int = 1024, device: str | None = None) -> dict:
-    """``evaluate`` on a task, plus which query classes have no relevant gallery item (skipped, counted).
+def run(task: Task, ks: list[int], *, chunk: int = 1024, device: str | None = None,
+        faiss_above: int | None = None) -> dict:
+    """The task's metrics, plus which query classes have no relevant gallery item (skipped, counted).
 
-    Returns the metrics (×100) with ``n_queries`` / ``n_skipped_no_relevant``; ``skipped_classes`` (labels
-    of skipped queries) when any were skipped; ``ks_dropped`` when a prototype/prompt gallery is smaller
-    than some k (those R@k are left out). Raises ValueError on bad features or k > an image gallery.
+    A gallery of up to ``faiss_above`` items (any size when None) is ranked in full (``evaluate``: mAP,
+    mAP@R, P@R, R@k, the papers' protocol); a larger one goes the FAISS top-k route (``evaluate_topk``:
+    R@k and mAP@k only). Returns the metrics (×100) with ``n_queries`` / ``n_skipped_no_relevant``;
+    ``route`` ("full_ranking" or "faiss_topk"); ``skipped_classes`` (labels of skipped queries) when any
+    were skipped; ``ks_dropped`` when a prototype/prompt gallery is smaller than some k (those R@k are left
+    out). Raises ValueError on bad features or k > an image gallery.
     """
     n_avail = len(task.gallery) - task.leave_one_out
     used = [k for k in ks if k <= n_avail] if task.clamp_ks else list(ks)
     if not used:
         raise ValueError(f"every k in {ks} exceeds the gallery of {n_avail} items")
-    res = evaluate(task.query, task.query_labels, task.gallery, task.gallery_labels,
-                   query_ids=task.query_ids, gallery_ids=task.gallery_ids, leave_one_out=task.leave_one_out,
-                   ks=used, chunk=chunk, device=device)
+    topk = faiss_above is not None and len(task.gallery) > faiss_above
+    res = (evaluate_topk if topk else evaluate)(
+        task.query, task.query_labels, task.gallery, task.gallery_labels, query_ids=task.query_ids,
+        gallery_ids=task.gallery_ids, leave_one_out=task.leave_one_out, ks=used, chunk=chunk, device=device)
+    res["route"] = "faiss_topk" if topk else "full_ranking"
     if len(used) < len(ks):
         res["ks_dropped"] = [k for k in ks if k not in used]
     if res["n_skipped_no_relevant"]:

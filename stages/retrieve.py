@@ -8,14 +8,14 @@ variant descriptions, skipped variants and classes, IsoCLIP band / bridge spectr
 
 Query/gallery splits, leave-one-out, ks and variants come from `retrieval` in params.yaml (METHODS.md §9);
 IsoCLIP's band from `methods.isoclip.<arch>` (text side: `retrieval.isoclip_text.<arch>`), the bridge's
-cut-off from `methods.semobridge.atol`. Queries are ranked in blocks of CLIPCACHE_RETRIEVAL_CHUNK (env or
+cut-off from `methods.semobridge.atol`; `oti` / `ovi` read the stores of `oti@` / `ovi@<model>-<dataset>`. Queries are ranked in blocks of CLIPCACHE_RETRIEVAL_CHUNK (env or
 local.yaml; default 1024): peak memory ~ 16 * chunk * gallery bytes whatever the query count.
 """
 
 import json
 
 from common import ROOT, args, stage_params
-from pipeline import config, features, layout, retrieval_variants as rv, runtime
+from pipeline import config, features, inversion_store, layout, retrieval_variants as rv, runtime
 from pipeline.io import atomic_write_json, atomic_write_text
 
 METRICS = ("mAP", "mAP@R", "P@R")
@@ -25,6 +25,8 @@ card = json.loads((layout.model_dir(model_name) / "card.json").read_text())
 dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
 cfg = config.retrieval(stage_params(f"retrieve@{model_name}-{dataset_name}"), card["arch"], rv.VARIANTS)
 feats = features.load(layout.feature_dir(model_name, dataset_name), card, dataset)
+inverted = {v: inversion_store.load(layout.feature_dir(model_name, dataset_name) / f"{v}.zarr", v, card, dataset)
+            for v in cfg.variants if v in rv.INVERTED}
 q_rows = rv.split_rows(feats.split, cfg.query, "query")
 g_rows = rv.split_rows(feats.split, cfg.gallery, "gallery")
 device, chunk = runtime.device(), runtime.settings(ROOT)["retrieval_chunk"]
@@ -32,8 +34,8 @@ device, chunk = runtime.device(), runtime.settings(ROOT)["retrieval_chunk"]
 results, skipped, info = {}, {}, {}
 for variant in cfg.variants:
     try:
-        task = rv.build(variant, feats, q_rows, feats, g_rows, cfg, device)
-        res = rv.run(task, cfg.ks, chunk=chunk)
+        task = rv.build(variant, feats, q_rows, feats, g_rows, cfg, device, inverted.get(variant))
+        res = rv.run(task, cfg.ks, chunk=chunk, faiss_above=cfg.faiss_above)
     except rv.VariantSkipped as why:
         skipped[variant] = str(why)
         print(f"{variant:18s} skipped: {why}")
@@ -47,7 +49,8 @@ for variant in cfg.variants:
     results[variant] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
     if task.info:
         info[variant] = task.info
-    print(f"{variant:18s} " + "  ".join(f"{m} {results[variant][m]:.2f}" for m in (*METRICS, "R@1")))
+    shown = [m for m in (*METRICS, "R@1", f"mAP@{cfg.ks[-1]}") if m in res]  # the FAISS route has no mAP
+    print(f"{variant:18s} {res['route']:12s} " + "  ".join(f"{m} {results[variant][m]:.2f}" for m in shown))
 
 protocol = {"leave_one_out": cfg.leave_one_out, "n_query": len(q_rows), "n_gallery": len(g_rows)}
 metrics = {"protocol": protocol, "variants": {v: {k: x for k, x in r.items() if not isinstance(x, list)}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import retrieval
-from pipeline.retrieval import GPU_MAX_K, evaluate, l2_normalize, search
+from pipeline.retrieval import GPU_MAX_K, evaluate, evaluate_topk, l2_normalize, search
 
 GPU = faiss.get_num_gpus() > 0 and retrieval._torch_cuda()
 
@@ -28,7 +28,23 @@ def ref_query_metrics(ranked_rel, ks):
     return out
 
 
-def ref_evaluate(query, query_labels, gallery, gallery_labels, ks, query_ids=None, gallery_ids=None):
+def ref_topk_metrics(ranked_rel, ks):
+    """R@k and mAP@k of one query by definition: AP over the top k, divided by min(k, R)."""
+    big_r = sum(ranked_rel)
+    out = {}
+    for k in ks:
+        hits, ap = 0, 0.0
+        for pos, rel in enumerate(ranked_rel[:k], start=1):
+            if rel:
+                hits += 1
+                ap += hits / pos
+        out[f"R@{k}"] = float(hits > 0)
+        out[f"mAP@{k}"] = ap / min(k, big_r)
+    return out
+
+
+def ref_evaluate(query, query_labels, gallery, gallery_labels, ks, query_ids=None, gallery_ids=None,
+                 per_query_metrics=ref_query_metrics):
     """Brute force in float64: python sort by (-score, gallery index), own item dropped by id."""
     q = np.asarray(query, np.float64)
     g = np.asarray(gallery, np.float64)
@@ -44,7 +60,7 @@ def ref_evaluate(query, query_labels, gallery, gallery_labels, ks, query_ids=Non
         if sum(ranked_rel) == 0:
             skipped += 1
             continue
-        per_query.append(ref_query_metrics(ranked_rel, ks))
+        per_query.append(per_query_metrics(ranked_rel, ks))
     out = {key: 100 * float(np.mean([m[key] for m in per_query])) for key in per_query[0]}
     out["n_queries"] = len(per_query)
     out["n_skipped_no_relevant"] = skipped
@@ -95,18 +111,24 @@ def test_reference_metrics_on_hand_values():
     m = ref_query_metrics([1, 0, 1, 0, 0], ks=(1, 2))
     assert m == pytest.approx({"mAP": (1 / 1 + 2 / 3) / 2, "mAP@R": (1 / 1) / 2, "P@R": 1 / 2,
                                "R@1": 1.0, "R@2": 1.0})
+    # R = 2: the top 1 can hold one relevant item, the top 3 both
+    m = ref_topk_metrics([0, 1, 1, 0, 0], ks=(1, 2, 3))
+    assert m == pytest.approx({"R@1": 0.0, "R@2": 1.0, "R@3": 1.0, "mAP@1": 0.0, "mAP@2": (1 / 2) / 2,
+                               "mAP@3": (1 / 2 + 2 / 3) / 2})
+
+
+# gallery labels 0,1,0,1,1,2; query 0 (label 0) ranks the gallery 0,1,2,3,4,5 -> relevant at ranks 1, 3;
+# query 1 (label 1) ranks it 5,0,3,2,1,4 -> relevant at ranks 3, 5, 6; query 2 (label 3) has no relevant item
+HAND_SCORES = [[0.50, 0.40, 0.30, 0.20, 0.10, 0.05],
+               [0.40, 0.10, 0.20, 0.30, 0.05, 0.50],
+               [0.10, 0.10, 0.10, 0.10, 0.10, 0.10]]
+HAND_LABELS = {"query_labels": [0, 1, 3], "gallery_labels": [0, 1, 0, 1, 1, 2]}
 
 
 @pytest.mark.parametrize("full_ranking", [True, False])
 def test_hand_made_rankings(full_ranking):
-    # gallery labels 0,1,0,1,1,2; query 0 (label 0) ranks the gallery 0,1,2,3,4,5 -> relevant at ranks 1, 3;
-    # query 1 (label 1) ranks it 5,0,3,2,1,4 -> relevant at ranks 3, 5, 6;
-    # query 2 (label 3) has no relevant item
-    scores = [[0.50, 0.40, 0.30, 0.20, 0.10, 0.05],
-              [0.40, 0.10, 0.20, 0.30, 0.05, 0.50],
-              [0.10, 0.10, 0.10, 0.10, 0.10, 0.10]]
-    query, gallery = vectors_for_scores(scores)
-    got = evaluate(query, [0, 1, 3], gallery, [0, 1, 0, 1, 1, 2], ks=(1, 2, 3), full_ranking=full_ranking)
+    query, gallery = vectors_for_scores(HAND_SCORES)
+    got = evaluate(query=query, gallery=gallery, **HAND_LABELS, ks=(1, 2, 3), full_ranking=full_ranking)
     ap = [(1 / 1 + 2 / 3) / 2, (1 / 3 + 2 / 5 + 3 / 6) / 3]
     ap_at_r = [(1 / 1) / 2, (1 / 3) / 3]  # R = 2: top-2 has one hit at rank 1; R = 3: one hit at rank 3
     p_at_r = [1 / 2, 1 / 3]
@@ -115,6 +137,26 @@ def test_hand_made_rankings(full_ranking):
     if full_ranking:
         want["mAP"] = 100 * np.mean(ap)
     assert_metrics_close(got, want)
+
+
+@pytest.mark.parametrize("gallery_chunk", [1, 4, 6])
+def test_topk_hand_made_rankings(gallery_chunk):
+    # query 0 (R = 2) relevant at ranks 1, 3; query 1 (R = 3) at 3, 5, 6
+    query, gallery = vectors_for_scores(HAND_SCORES)
+    got = evaluate_topk(query=query, gallery=gallery, **HAND_LABELS, ks=(1, 2, 3), gallery_chunk=gallery_chunk)
+    ap_at = {1: [1 / 1, 0.0], 2: [(1 / 1) / 2, 0.0], 3: [(1 / 1 + 2 / 3) / 2, (1 / 3) / 3]}
+    want = {"R@1": 50.0, "R@2": 50.0, "R@3": 100.0, "n_queries": 2, "n_skipped_no_relevant": 1}
+    want.update({f"mAP@{k}": 100 * np.mean(v) for k, v in ap_at.items()})
+    assert_metrics_close(got, want)
+
+
+def test_topk_map_at_r_is_map_at_r():
+    # with k = R for every query (R = 2 each), mAP@k is evaluate's mAP@R
+    rng = np.random.default_rng(21)
+    query, gallery = rng.standard_normal((5, 6)).astype(np.float32), rng.standard_normal((8, 6)).astype(np.float32)
+    q_lab, g_lab = np.arange(5) % 4, np.arange(8) % 4
+    got = evaluate_topk(query, q_lab, gallery, g_lab, ks=(2,))
+    assert got["mAP@2"] == pytest.approx(evaluate(query, q_lab, gallery, g_lab, ks=(2,))["mAP@R"], abs=1e-9)
 
 
 @pytest.mark.parametrize("full_ranking", [True, False])
@@ -203,6 +245,79 @@ def test_random_leave_one_out_against_brute_force(full_ranking):
     assert_metrics_close(got, want)
 
 
+@pytest.mark.parametrize("chunk, gallery_chunk", [(1024, 65536), (5, 7), (1, 1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_topk_random_against_brute_force(seed, chunk, gallery_chunk):
+    # random_case has exact duplicate gallery rows (exact ties) and a query label absent from the gallery
+    query, query_labels, gallery, gallery_labels = random_case(seed)
+    assert_no_near_ties(query, gallery)
+    ks = (1, 5, 10)
+    want = ref_evaluate(query, query_labels, gallery, gallery_labels, ks, per_query_metrics=ref_topk_metrics)
+    got = evaluate_topk(query, query_labels, gallery, gallery_labels, ks=ks, chunk=chunk,
+                        gallery_chunk=gallery_chunk, device="cpu")
+    assert_metrics_close(got, want)
+
+
+@pytest.mark.parametrize("gallery_chunk", [4, 30])
+def test_topk_leave_one_out_against_brute_force(gallery_chunk):
+    _, _, gallery, labels = random_case(2, n_g=30)
+    assert_no_near_ties(gallery, gallery)
+    ids = np.random.default_rng(3).permutation(1000)[:len(gallery)]
+    ks = (1, 5)
+    want = ref_evaluate(gallery, labels, gallery, labels, ks, query_ids=ids, gallery_ids=ids,
+                        per_query_metrics=ref_topk_metrics)
+    got = evaluate_topk(gallery, labels, gallery, labels, query_ids=ids, gallery_ids=ids, leave_one_out=True,
+                        ks=ks, gallery_chunk=gallery_chunk)
+    assert_metrics_close(got, want)
+
+
+def test_topk_leave_one_out_drops_own_id_not_rank_one():
+    # _loo_case: rows 0 and 1 are the same vector, so query row 1 finds row 0 before (or tied with) itself
+    feats, labels, ids = _loo_case()
+    want = {"R@1": 0.0, "R@2": 75.0, "mAP@1": 0.0, "mAP@2": 100 * np.mean([0, 1 / 2, 1 / 2, 1 / 2]),
+            "n_queries": 4, "n_skipped_no_relevant": 0}
+    for gallery_chunk in (1, 2, 4):
+        got = evaluate_topk(feats, labels, feats, labels, query_ids=ids, gallery_ids=ids, leave_one_out=True,
+                            ks=(1, 2), gallery_chunk=gallery_chunk)
+        assert_metrics_close(got, want)
+
+
+def test_gallery_blocked_topk_equals_unblocked_topk():
+    # duplicates make exact ties, also across the k-th place and across gallery blocks
+    rng = np.random.default_rng(12)
+    gallery = l2_normalize(rng.standard_normal((50, 6)).astype(np.float32))
+    gallery[[7, 19, 33, 48]] = gallery[2]
+    query = np.vstack([gallery[2], l2_normalize(rng.standard_normal((9, 6)).astype(np.float32))])
+    ref = query.astype(np.float64) @ gallery.astype(np.float64).T
+    for k in (1, 3, 8):
+        want = [sorted(range(len(gallery)), key=lambda j: (-row[j], j))[:k] for row in ref]
+        got = [retrieval._exact_topk(query, gallery, k, None, retrieval._FlatIPBlocks("cpu"), chunk, gallery_chunk)
+               for chunk, gallery_chunk in ((len(query), len(gallery)), (3, 7), (1, 1))]
+        for scores, idx in got:
+            np.testing.assert_array_equal(idx, want)
+            np.testing.assert_array_equal(scores, got[0][0])
+
+
+def test_topk_indexes_one_gallery_block_at_a_time(monkeypatch):
+    # memory is bounded on both sides: FAISS never holds more than gallery_chunk rows or sees more than chunk queries
+    seen = []
+    flat_ip_index = retrieval._flat_ip_index
+
+    def spy(g, gpu):
+        index = flat_ip_index(g, gpu)
+        search = index.search
+        seen.append((len(g), []))
+        index.search = lambda q, k: (seen[-1][1].append(len(q)), search(q, k))[1]
+        return index
+
+    monkeypatch.setattr(retrieval, "_flat_ip_index", spy)
+    query, query_labels, gallery, gallery_labels = random_case(6, n_q=11)
+    got = evaluate_topk(query, query_labels, gallery, gallery_labels, ks=(1,), chunk=4, gallery_chunk=16,
+                        device="cpu")
+    assert [n for n, _ in seen] == [16, 16, 8]  # 40 gallery rows
+    assert all(max(q) <= 4 and sum(q) == got["n_queries"] for _, q in seen)
+
+
 @pytest.mark.parametrize("leave_one_out", [False, True])
 @pytest.mark.parametrize("full_ranking", [True, False])
 def test_chunking_invariance(full_ranking, leave_one_out):
@@ -287,6 +402,15 @@ def test_gpu_matches_cpu():
     s_cpu, i_cpu = search(l2_normalize(query), l2_normalize(gallery), 7, device="cpu")
     np.testing.assert_allclose(s_gpu, s_cpu, atol=1e-5)
     np.testing.assert_array_equal(i_gpu, i_cpu)
+
+
+@pytest.mark.skipif(not GPU, reason="needs FAISS GPU and torch CUDA")
+def test_gpu_topk_matches_cpu():
+    query, query_labels, gallery, gallery_labels = random_case(8)
+    assert_no_near_ties(query, gallery)
+    kwargs = dict(ks=(1, 5, 10), chunk=4, gallery_chunk=16)
+    assert_metrics_close(evaluate_topk(query, query_labels, gallery, gallery_labels, device="cuda", **kwargs),
+                         evaluate_topk(query, query_labels, gallery, gallery_labels, device="cpu", **kwargs))
 
 
 @pytest.mark.skipif(not GPU, reason="needs FAISS GPU and torch CUDA")
@@ -394,3 +518,11 @@ def test_search_rejects_bad_features():
         search(args["query"], args["gallery"][:, :3], 1)
     with pytest.raises(ValueError, match="gallery has 1 of 5 rows with NaN or inf"):
         search(args["query"], _with_nan(args["gallery"], (0, 0)), 1)
+
+
+def test_evaluate_topk_rejects():
+    args = _good()
+    with pytest.raises(ValueError, match="gallery_chunk must be a positive integer"):
+        evaluate_topk(**args, gallery_chunk=0)
+    with pytest.raises(ValueError, match="k=6 but the gallery has only 5 items"):
+        evaluate_topk(**{**args, "ks": (1, 6)})

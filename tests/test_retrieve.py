@@ -15,6 +15,7 @@ from pipeline import retrieval_variants as rv
 from pipeline.features import MODEL_KEYS, Features
 from pipeline import config
 from pipeline.config import ParamsError
+from tests.test_retrieval import ref_evaluate, ref_topk_metrics
 
 ALL = list(rv.VARIANTS)
 
@@ -54,8 +55,8 @@ def make_features(seed=0, d_v=12, d_t=8, D=8, n_cls=4, per_split=(10, 3, 5), n_p
 
 
 def params(**retrieval):
-    sec = {"query": ["test"], "gallery": ["train"], "leave_one_out": False, "ks": [1, 5], "variants": ALL,
-           "isoclip_text": {"toy": {"k_top": 1, "k_bottom": 1}}}
+    sec = {"query": ["test"], "gallery": ["train"], "leave_one_out": False, "ks": [1, 5], "faiss_above": 200000,
+           "variants": ALL, "isoclip_text": {"toy": {"k_top": 1, "k_bottom": 1}}}
     sec.update(retrieval)
     return {"retrieval": sec, "methods": {"isoclip": {"toy": {"k_top": 1, "k_bottom": 2}},
                                           "semobridge": {"atol": 0.3}}}
@@ -234,6 +235,24 @@ def test_leave_one_out_drops_own_item_by_id_not_position():
     assert got["n_queries"] == len(ids)
 
 
+def test_gallery_above_faiss_above_takes_the_topk_route():
+    # leave-one-out by id with exact duplicates, on both sides of the threshold (gallery = query = 72 items)
+    ids = np.random.default_rng(15).permutation(1000)[:4 * 18]
+    feats = make_features(15, ids=ids)
+    feats.emb[10] = feats.emb[0]
+    cfg = retrieval_config(params(query=["train", "val", "test"], gallery=["train", "val", "test"],
+                                  leave_one_out=True, variants=["i2i"], faiss_above=71), "toy")
+    assert cfg.faiss_above == 71
+    task = tasks(feats, cfg)["i2i"]
+    topk = rv.run(task, [1, 5], faiss_above=cfg.faiss_above)
+    full = rv.run(task, [1, 5], faiss_above=len(task.gallery))  # not above: the papers' full ranking
+    assert topk["route"] == "faiss_topk" and full["route"] == "full_ranking" and "mAP" not in topk
+    want = ref_evaluate(task.query, task.query_labels, task.gallery, task.gallery_labels, [1, 5], ids, ids,
+                        per_query_metrics=ref_topk_metrics)
+    assert {k: topk[k] for k in want} == pytest.approx(want)
+    assert set(topk) == set(want) | {"route"}
+
+
 def test_class_without_gallery_item_is_skipped_and_named():
     feats = make_features(11)
     gone = (feats.label == 2) & (feats.split == 0)
@@ -262,13 +281,23 @@ def test_singleton_class_is_skipped_under_leave_one_out():
     ({"leave_one_out": "yes"}, "retrieval.leave_one_out"),
     ({"ks": [1, 0]}, "retrieval.ks"),
     ({"ks": 5}, "retrieval.ks"),
-    ({"variants": ["i2i", "oti"]}, "retrieval.variants"),
+    ({"variants": ["i2i", "i2x"]}, "retrieval.variants"),
     ({"variants": ["i2i", "i2i"]}, "retrieval.variants"),
     ({"isoclip_text": {}}, r"retrieval.isoclip_text.toy"),
+    ({"faiss_above": -1}, r"'retrieval.faiss_above' = -1 should be >= 0"),
+    ({"faiss_above": True}, r"'retrieval.faiss_above' = True should be int"),
+    ({"faiss_above": "200k"}, r"'retrieval.faiss_above' = '200k' should be int"),
 ])
 def test_config_rejects(change, match):
     with pytest.raises(ParamsError, match=match):
         retrieval_config(params(**change), "toy")
+
+
+def test_config_needs_faiss_above():
+    p = params()
+    del p["retrieval"]["faiss_above"]
+    with pytest.raises(ParamsError, match=r"missing key 'retrieval.faiss_above'"):
+        retrieval_config(p, "toy")
 
 
 def test_config_names_missing_method_keys():
@@ -326,10 +355,11 @@ def test_demo_report_and_i2t_equals_zero_shot_accuracy(demo_repo):
     details = json.loads((demo_repo / "reports/retrieval/demo-shapes.details.json").read_text())
     variants = report["variants"]
     # every image variant ran on the demo; text->text needs >= 2 prompts (the default has one template)
-    assert set(variants) == {"i2i", "i2i_isoclip", "i2i_bridge_query", "i2i_bridge_both", "i2t"}
+    assert set(variants) == {"i2i", "i2i_isoclip", "i2i_bridge_query", "i2i_bridge_both", "i2t", "oti", "ovi"}
     assert set(details["skipped_variants"]) == {"t2t", "t2t_isoclip"}
     for v, m in variants.items():
         assert 0 < m["mAP"] <= 100 and m["n_queries"] == report["protocol"]["n_query"] == 36 * 50, v
+        assert m["route"] == "full_ranking", v  # 3,600 gallery images <= retrieval.faiss_above
     print("\ndemo mAP per variant: " + ", ".join(f"{v} {m['mAP']:.2f}" for v, m in variants.items()))
 
     logits = open_store(demo_repo / "logits/demo/shapes/logits.zarr")
