@@ -40,6 +40,15 @@ def lines() -> list[str]:
         r = _load(name)
         per = ", ".join(f"{k} {v['total_s']:.2f}" for k, v in r["seconds_per_method"].items())
         out.append(f"- `{name}` ({r['setup']['draws']} draws; {_where(r)}): seconds per method, {per}.")
+    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("semobridge_t-*.json")):
+        r = _load(name)
+        per = "; ".join(f"{m} ({v['arch']}, D {v['D']}, d_t {v['d_t']}) {v['train_s']:.1f} s per run, "
+                        f"{v['train_s_per_1000_steps']:.1f} s per 1,000 steps ({100 * v['val_scoring_share']:.0f}% "
+                        f"of it val scoring)" for m, v in r["per_model"].items())
+        v = next(iter(r["per_model"].values()))
+        out.append(f"- `{name}` ({r['setup']['key']}: {v['classes']} classes x {v['shots_per_class']} shots with "
+                   f"{v['extra_shots']}, {v['val_rows_scored']} val rows scored per step; {_where(r)}): SeMoBridge-T "
+                   f"training at {r['setup']['steps']} steps, {per}; the reference: {r['setup']['reference']}.")
     for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("sweep_cost-*.json")):
         r = _load(name)
         out.append(f"- `{name}` ({_where(r)}): a fusion-weight edit re-runs {r['fixed_weight_edit']['stages_run']} "

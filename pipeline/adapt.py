@@ -13,9 +13,12 @@ logits.zarr layout (N_val / N_test rows in manifest order; C classes; the method
     zeroshot/all/logits/{val,test}            (N, C)   100 * cos(q, T): CLIP's logits, Tip's and APE's base
     <method>/<key>/<component>/{val,test}     (N, C)   e.g. ncm/<key>/logits, tip/<key>/alpha,
                                                        semobridge/<key>/lambda1 (z1 at the chosen knobs)
+    <method>/<key>/checkpoint/<name>                   a trained method's kept parameters, e.g.
+                                                       semobridge_t/<key>/checkpoint/{P,bias,items}
     draw/<key>/val_index                      (N_v,)   rows of the val split this draw chooses on
     spectrum/W_txt, spectrum/psi                       singular values of W_txt and of W_img W_txt^T
-Attributes: `choices` (method -> key -> chosen knobs, the reference weights, val accuracy in %), `draws`,
+Attributes: `choices` (method -> key -> chosen knobs, the reference weights, val accuracy in %),
+`checkpoints` (trained method -> the settings that trained it and its checkpoint's array names), `draws`,
 `methods`, `modality_gap`, `bridge` (atol, how many singular values of W_txt fall at or below it).
 <key> is `pipeline.layout.draw_key(K, S)`, e.g. "shot_16-seed_1"; draw-free methods use "all".
 `Inputs` and `Draw` below are what each method's `setup` and `fit` receive.
@@ -32,6 +35,7 @@ from pipeline.layout import ALL_DRAWS, SPLIT_CODES, logits_array
 from pipeline.methods import REGISTRY
 from pipeline.methods.contract import EVAL_SPLITS
 from pipeline.methods.cosine import class_prototypes
+from pipeline.train import TrainedFit, checkpoint_array
 from pipeline.views import Views
 
 
@@ -104,12 +108,16 @@ def run(feats: Features, fewshot: dict, views: Views | None, cfg: Methods, devic
     inputs = Inputs(feats, views, device)
     semo = cfg.settings.get("semobridge")
     arrays, attrs = spectra(feats, semo.atol if semo else None)
-    choices = {}
+    choices, checkpoints = {}, {}
 
     def put(method, key: str, draw: Draw | None, state, settings) -> None:
         fit = method.fit(inputs, draw, state, settings)
         if fit.choice:
             choices.setdefault(method.name, {})[key] = fit.choice
+        if isinstance(fit, TrainedFit):   # written with the logits it produced, in one store write
+            for name, value in fit.checkpoint.items():
+                arrays[checkpoint_array(method.name, key, name)] = value.cpu().numpy()
+            checkpoints[method.name] = {"params": fit.params, "arrays": sorted(fit.checkpoint)}
         for split in EVAL_SPLITS:
             for component, logits in fit.components(split).items():
                 name = logits_array(method.name, key, component, split)
@@ -128,6 +136,7 @@ def run(feats: Features, fewshot: dict, views: Views | None, cfg: Methods, devic
             if method.per_draw:
                 put(method, key, draw, states[method.name], settings)
         arrays[f"draw/{key}/val_index"] = draw.val_index.astype(np.int32)
-    attrs.update({"choices": choices, "methods": list(cfg.enabled), "draws": list(fewshot["draws"]),
+    attrs.update({"choices": choices, "checkpoints": checkpoints, "methods": list(cfg.enabled),
+                  "draws": list(fewshot["draws"]),
                   "shots": fewshot["shots"], "seeds": fewshot["seeds"], "val_protocol": fewshot["val"]})
     return arrays, attrs

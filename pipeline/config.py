@@ -81,19 +81,19 @@ def entry(section, name: str, where: str) -> dict:
 
 # ----------------------------------------------------------------------------- data and models
 
-DATASET_KINDS = ("coop", "shapes")
+DATASET_KINDS = ("coop", "shapes", "scenes")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """`data.<name>`: a CoOp-layout dataset on disk, or the embedded `shapes` demo."""
+    """`data.<name>`: a CoOp-layout dataset on disk, or an embedded demo world (`shapes`, `scenes`)."""
     name: str
     kind: str
     coop_name: str | None = None      # coop: which CoOp dataset (split file, image folder, template)
     root: str | None = None           # coop: folder holding the split file
-    seed: int = 0                     # shapes
-    blur: float = 0.0                 # shapes: camera blur (px)
-    per_class: dict = field(default_factory=dict)   # shapes: images per class per split
+    seed: int = 0                     # shapes, scenes
+    blur: float = 0.0                 # shapes, scenes: camera blur (px)
+    per_class: dict = field(default_factory=dict)   # shapes, scenes: images per class per split
     template: str | None = None       # overrides the dataset's literature template
 
 
@@ -115,6 +115,7 @@ def dataset(params: dict, name: str, coop_names) -> Dataset:
 
 
 MODEL_SOURCES = ("demo", "random", "pretrained", "checkpoint")
+DEMO_WORLDS = ("shapes", "scenes")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class Model:
     seed: int = 0                     # random init
     data_seed: int = 0                # demo: pre-training renders
     data_per_class: int = 0
+    data_world: str = "shapes"        # demo: shapes (one object, class-only captions) | scenes (nuisances)
+    data_mention: float = 1.0         # demo, scenes: probability that a caption names each nuisance
     train: dict = field(default_factory=dict)   # demo: pipeline.demo.DemoRecipe fields
 
 
@@ -147,8 +150,11 @@ def model(params: dict, name: str, recipe_type) -> Model:
         if key not in known:
             raise ParamsError(f"params.yaml: unknown key '{where}.train.{key}' (known: {sorted(known)})")
         need(recipe, key, (int, float) if known[key] in (float, "float") else int, f"{where}.train", minimum=0)
+    world = need(data, "world", str, f"{where}.data", choices=DEMO_WORLDS)
+    mention = float(need(data, "mention", (int, float), f"{where}.data", minimum=0, maximum=1)) if world == "scenes" else 1.0
     return Model(arch, source, data_seed=need(data, "seed", int, f"{where}.data", minimum=0),
-                 data_per_class=need(data, "per_class", int, f"{where}.data", minimum=1), train=dict(recipe))
+                 data_per_class=need(data, "per_class", int, f"{where}.data", minimum=1), data_world=world,
+                 data_mention=mention, train=dict(recipe))
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -157,6 +163,30 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 def precision(params: dict) -> str:
     """`extract.precision`: the compute precision of every network pass (stores are float32)."""
     return need(need(params, "extract", dict, ""), "precision", str, "extract", choices=PRECISIONS)
+
+
+TOKEN_PRECISIONS = ("fp32", "fp16")
+
+
+def token_precision(params: dict, dataset: str) -> str | None:
+    """`extract.tokens.<dataset>`: the storage precision of that dataset's cached patch tokens, or None when
+    the dataset caches none (the mapping is opt-in: tokens are L+1 times the size of image/emb)."""
+    table = need(need(params, "extract", dict, ""), "tokens", dict, "extract")
+    if dataset not in table:
+        return None
+    return need(table, dataset, str, "extract.tokens", choices=TOKEN_PRECISIONS)
+
+
+def primitive_templates(params: dict) -> dict[str, str]:
+    """`czsl.prompts`: the prompt of an attribute alone and of an object alone ('{}' once in each), encoded by
+    `text` for datasets whose classes are (attribute, object) pairs."""
+    sec = need(need(params, "czsl", dict, ""), "prompts", dict, "czsl")
+    out = {}
+    for key in ("attr", "obj"):
+        out[key] = need(sec, key, str, "czsl.prompts")
+        if out[key].count("{}") != 1:
+            raise ParamsError(f"params.yaml: 'czsl.prompts.{key}' = {out[key]!r} should contain '{{}}' once")
+    return out
 
 
 def templates(params: dict) -> tuple[str, ...]:

@@ -105,6 +105,38 @@ def load(root: Path) -> CZSLData:
     return CZSLData(attrs, objs, pairs, split_pairs, manifest, dropped=len(metadata) - len(kept))
 
 
+def from_classes(primitives: dict, manifest: pd.DataFrame, unseen: int, seed: int) -> CZSLData:
+    """A CZSL split of a classification dataset whose classes are (attribute, object) pairs (the demo `scenes`):
+    `unseen` pairs drawn with `seed` (every attribute and object keeps a seen pair), half of them val's and half
+    test's, as the literature's splits; train keeps the images of seen pairs, val and test those of seen pairs
+    and of their own unseen ones. `item` stays the source manifest's, so cached features are found by it."""
+    attrs, objs = tuple(primitives["attrs"]), tuple(primitives["objs"])
+    names = [(attrs[a], objs[o]) for a, o in primitives["pairs"]]
+    if not 0 < unseen < len(names) - max(len(attrs), len(objs)) + 1:
+        raise ValueError(f"unseen = {unseen}: need 1 .. {len(names) - max(len(attrs), len(objs))} of {len(names)} "
+                         f"pairs, so that every attribute and object keeps a seen pair")
+    rng = np.random.default_rng(seed)
+    while True:   # rejection sampling: a draw leaving some primitive without a seen pair is redrawn
+        held = rng.choice(len(names), unseen, replace=False)
+        seen = [names[i] for i in range(len(names)) if i not in set(held)]
+        if {a for a, _ in seen} == set(attrs) and {o for _, o in seen} == set(objs):
+            break
+    half = (unseen + 1) // 2
+    split_pairs = {"train": tuple(seen), "val": tuple(seen) + tuple(names[i] for i in held[:half]),
+                   "test": tuple(seen) + tuple(names[i] for i in held[half:])}
+    pairs = tuple(sorted(names))
+    label_of = {p: i for i, p in enumerate(pairs)}
+    class_pair = [names[label] for label in manifest["label"]]
+    keep = np.array([pair in set(split_pairs[split]) for pair, split in zip(class_pair, manifest["split"])])
+    rows = manifest[keep]
+    kept_pairs = [class_pair[i] for i in np.flatnonzero(keep)]
+    out = pd.DataFrame({"item": rows["item"].to_numpy(), "path": rows["path"].to_numpy(),
+                        "label": [label_of[p] for p in kept_pairs], "classname": [" ".join(p) for p in kept_pairs],
+                        "split": rows["split"].to_numpy(), "attr": [attrs.index(a) for a, _ in kept_pairs],
+                        "obj": [objs.index(o) for _, o in kept_pairs]})
+    return CZSLData(attrs, objs, pairs, split_pairs, out, dropped=int((~keep).sum()))
+
+
 PAIRS_FORMAT = "expected one 'attr obj' pair per line"
 METADATA_FORMAT = f"expected a torch-saved list of dicts with keys {list(METADATA_KEYS)}, set in {list(SET_VALUES)}"
 

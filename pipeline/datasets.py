@@ -145,17 +145,24 @@ def check_images(manifest: pd.DataFrame, root: Path, workers: int = 8) -> None:
                            f"{root}; first:\n  {first}")
 
 
-def write_shapes(out_dir: Path, seed: int, per_class: dict[str, int], blur: float = 0.0) -> pd.DataFrame:
-    """Render the `shapes` dataset as PNGs under `out_dir/images` and return its manifest."""
-    n_classes = len(shapes.classnames())
-    rows = []
+def write_demo(out_dir: Path, world: str, seed: int, per_class: dict[str, int], blur: float = 0.0) -> pd.DataFrame:
+    """Render a demo world (`shapes` or `scenes`, pipeline/shapes.py) as PNGs under `out_dir/images` and return
+    its manifest; a `scenes` manifest also lists each image's nuisances (`tint`, `small`)."""
+    rows, nuisances = [], []
     for split in SPLITS:
-        for i in range(per_class[split] * n_classes):
-            img, label = shapes.sample(seed, split, i, blur)
+        for i in range(per_class[split] * len(shapes.classnames())):
+            if world == "scenes":
+                img, scene = shapes.sample_scene(seed, split, i, blur)
+                label = scene.label
+                nuisances.append((scene.tint, scene.small))
+            else:
+                img, label = shapes.sample(seed, split, i, blur)
             rel = f"images/{split}/{i:05d}.png"
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(out_dir / rel)
             rows.append((rel, label, shapes.classnames()[label], split))
     manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
     manifest.insert(0, "item", range(len(manifest)))
+    if nuisances:
+        manifest[["tint", "small"]] = nuisances
     return manifest

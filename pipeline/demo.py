@@ -37,14 +37,22 @@ class DemoRecipe:
     seed: int = 0
 
 
-def render_split(data_seed: int, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (n, 3, 64, 64) uint8 and labels (n,) of a `shapes` split, exactly as `prepare` writes them."""
-    images, labels = [], []
+def render_split(data_seed: int, split: str, n: int, world: str = "shapes"
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[shapes.Scene] | None]:
+    """Images (n, 3, 64, 64) uint8, labels (n,) and (world `scenes`) what each scene shows, of a split of the
+    pre-training world, exactly as `prepare` renders that world (sharp: blur 0)."""
+    images, labels, scenes = [], [], []
     for i in range(n):
-        img, label = shapes.sample(data_seed, split, i)
+        if world == "scenes":
+            img, scene = shapes.sample_scene(data_seed, split, i)
+            label = scene.label
+            scenes.append(scene)
+        else:
+            img, label = shapes.sample(data_seed, split, i)
         images.append(np.asarray(img))
         labels.append(label)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return pixels, torch.tensor(labels), scenes if world == "scenes" else None
 
 
 def _normalise(images: torch.Tensor, model) -> torch.Tensor:
@@ -60,8 +68,17 @@ def _caption_tokens(tokenizer) -> torch.Tensor:
     return torch.stack([tokenizer([t.format(n) for n in names]) for t in shapes.CAPTION_TEMPLATES])
 
 
-def train(recipe: DemoRecipe, images: torch.Tensor, labels: torch.Tensor, progress: bool = True):
-    """Train demo-clip from scratch on (images, labels); deterministic for a fixed recipe and data."""
+def _scene_captions(tokenizer, scenes: list[shapes.Scene], picks, tmpl, flags) -> torch.Tensor:
+    """Token ids of one caption per picked scene: template `tmpl`, nuisances named where `flags` say."""
+    return tokenizer([shapes.CAPTION_TEMPLATES[t].format(shapes.describe(scenes[j], bool(f[0]), bool(f[1])))
+                      for j, t, f in zip(picks.tolist(), tmpl.tolist(), flags.tolist())])
+
+
+def train(recipe: DemoRecipe, images: torch.Tensor, labels: torch.Tensor, scenes: list[shapes.Scene] | None = None,
+          mention: float = 1.0, progress: bool = True):
+    """Train demo-clip from scratch on (images, labels); deterministic for a fixed recipe and data. With
+    `scenes`, each caption names the class object and each nuisance with probability `mention`; without,
+    the class alone."""
     register_configs()
     torch.manual_seed(recipe.seed)
     model = open_clip.create_model(ARCH, pretrained=None)
@@ -86,8 +103,13 @@ def train(recipe: DemoRecipe, images: torch.Tensor, labels: torch.Tensor, progre
         cls = torch.randperm(n_classes, generator=gen)[: recipe.classes_per_batch]
         pick = torch.stack([by_class[c][torch.randint(len(by_class[c]), (1,), generator=gen)] for c in cls])
         tmpl = torch.randint(len(shapes.CAPTION_TEMPLATES), (len(cls),), generator=gen)
+        if scenes is None:
+            tokens = captions[tmpl, cls]
+        else:
+            flags = torch.rand(len(cls), 2, generator=gen) < mention
+            tokens = _scene_captions(tokenizer, scenes, pick.flatten(), tmpl, flags)
         img = F.normalize(model.encode_image(pixels[pick.flatten()]), dim=-1)
-        txt = F.normalize(model.encode_text(captions[tmpl, cls]), dim=-1)
+        txt = F.normalize(model.encode_text(tokens), dim=-1)
         logits = recipe.logit_scale * img @ txt.T
         target = torch.arange(len(cls))
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

@@ -15,10 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.layout import SPLIT_CODES
+from open_clip.transformer import VisionTransformer
+
 from pipeline.models import LoadedModel
 from pipeline.store import SHARD_ROWS, ShardedWriter, write_store
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}   # keys: config.PRECISIONS
+TOKEN_DTYPES = {"fp32": "float32", "fp16": "float16"}                    # image/tokens storage: config.TOKEN_PRECISIONS
 
 
 class ImageFiles(Dataset):
@@ -52,10 +55,34 @@ def project(pre: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None) -
     return out if b is None else out + b.to(pre.device)
 
 
-def image_store_layout(m: LoadedModel, manifest: pd.DataFrame) -> tuple[dict, dict]:
-    """Row arrays and small arrays of an images.zarr store."""
+def check_token_tower(m: LoadedModel) -> int:
+    """The number of output tokens (CLS + patches) of a ViT tower whose tokens pass ln_post, as its CLS does."""
+    visual = m.trunk.visual
+    if not isinstance(visual, VisionTransformer):
+        raise ValueError(f"patch tokens need a ViT vision tower; this model ({m.card['arch']}) has "
+                         f"{type(visual).__name__}: remove this dataset from extract.tokens")
+    if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok":
+        raise ValueError(f"patch tokens are cached for CLS-pooled ViTs only ({m.card['arch']} pools otherwise)")
+    return visual.positional_embedding.shape[0]
+
+
+def encode_with_tokens(m: LoadedModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-projection CLS (B, d_v) and projected output tokens (B, L+1, D), CLS first (it equals image/emb)."""
+    visual = m.trunk.visual
+    visual.output_tokens = True
+    try:
+        pre, patches = visual(images)
+    finally:
+        visual.output_tokens = False
+    return pre, project(torch.cat([pre[:, None], patches], dim=1), m.W_img, m.b_img)
+
+
+def image_store_layout(m: LoadedModel, manifest: pd.DataFrame, tokens: str | None = None) -> tuple[dict, dict]:
+    """Row arrays and small arrays of an images.zarr store (with `tokens`, image/tokens stored at that precision)."""
     n, d_v, D = len(manifest), m.W_img.shape[0], m.W_img.shape[1]
     rows = {"image/pre": ((n, d_v), "float32"), "image/emb": ((n, D), "float32")}
+    if tokens is not None:
+        rows["image/tokens"] = ((n, check_token_tower(m), D), TOKEN_DTYPES[tokens])
     small = {
         "image/label": manifest["label"].to_numpy(np.int32),
         "image/split": manifest["split"].map(SPLIT_CODES).to_numpy(np.int8),
@@ -79,9 +106,11 @@ def _shard_batches(writer: ShardedWriter, batch_size: int) -> list[list[int]]:
 
 def extract_images(m: LoadedModel, manifest: pd.DataFrame, root: Path, dest: Path, staging: Path,
                    provenance: dict, *, batch_size: int = 64, workers: int = 2, device: str = "cpu",
-                   precision: str = "fp32", shard_rows: int = SHARD_ROWS, progress: bool = True) -> None:
-    """Extract image/pre and image/emb for every manifest row into `dest` (via `staging`, resumable)."""
-    rows, small = image_store_layout(m, manifest)
+                   precision: str = "fp32", tokens: str | None = None, shard_rows: int = SHARD_ROWS,
+                   progress: bool = True) -> None:
+    """Extract image/pre and image/emb (and with `tokens`, image/tokens) for every manifest row into `dest`
+    (via `staging`, resumable)."""
+    rows, small = image_store_layout(m, manifest, tokens)
     writer = ShardedWriter(staging, provenance, rows, small, shard_rows)
     loader = DataLoader(ImageFiles(root, manifest["path"].tolist(), m.preprocess),
                         batch_sampler=_shard_batches(writer, batch_size), num_workers=workers,
@@ -93,15 +122,18 @@ def extract_images(m: LoadedModel, manifest: pd.DataFrame, root: Path, dest: Pat
     shard = next(shard_iter, None)
     with torch.no_grad():
         for images in loader:
+            images = images.to(device, non_blocking=True)
             with _autocast(device, precision):
-                pre = m.trunk.encode_image(images.to(device, non_blocking=True))
+                pre, toks = encode_with_tokens(m, images) if tokens else (m.trunk.encode_image(images), None)
             pre = pre.float()
-            buffers.append((pre.cpu().numpy(), project(pre, m.W_img, m.b_img).cpu().numpy()))
+            block = {"image/pre": pre.cpu().numpy(), "image/emb": project(pre, m.W_img, m.b_img).cpu().numpy()}
+            if tokens:
+                block["image/tokens"] = toks.float().cpu().numpy().astype(TOKEN_DTYPES[tokens])
+            buffers.append(block)
             bar.update(len(images))
             start, stop = writer.shard_range(shard)
-            if sum(len(p) for p, _ in buffers) == stop - start:
-                writer.write_shard(shard, {"image/pre": np.concatenate([p for p, _ in buffers]),
-                                           "image/emb": np.concatenate([e for _, e in buffers])})
+            if sum(len(b["image/pre"]) for b in buffers) == stop - start:
+                writer.write_shard(shard, {k: np.concatenate([b[k] for b in buffers]) for k in buffers[0]})
                 buffers, shard = [], next(shard_iter, None)
     bar.close()
     writer.finalize(dest)
@@ -112,16 +144,25 @@ def expand_templates(names: list[str], dataset_template: str) -> list[str]:
     return [dataset_template if t == "dataset" else t for t in names]
 
 
-def extract_text(m: LoadedModel, classnames: list[str], templates: list[str], dest: Path, staging: Path,
-                 provenance: dict, *, device: str = "cpu", precision: str = "fp32") -> None:
-    """Encode every (class, template) prompt: text/pre (C, P, d_t) EOS features and text/emb (C, P, D)."""
-    prompts = [t.format(c) for c in classnames for t in templates]
-    C, P = len(classnames), len(templates)
+def encode_prompts(m: LoadedModel, prompts: list[str], device: str, precision: str) -> torch.Tensor:
+    """EOS features (n, d_t) of `prompts`, in batches of 256."""
     with torch.no_grad(), _autocast(device, precision):
-        pre = torch.cat([m.trunk.encode_text(m.tokenizer(prompts[i:i + 256]).to(device)).float()
-                         for i in range(0, len(prompts), 256)])
-    emb = project(pre, m.W_txt)
-    write_store(dest, staging, provenance, {
-        "text/pre": pre.cpu().numpy().reshape(C, P, -1),
-        "text/emb": emb.cpu().numpy().reshape(C, P, -1),
-    })
+        return torch.cat([m.trunk.encode_text(m.tokenizer(prompts[i:i + 256]).to(device)).float()
+                          for i in range(0, len(prompts), 256)])
+
+
+def extract_text(m: LoadedModel, classnames: list[str], templates: list[str], dest: Path, staging: Path,
+                 provenance: dict, *, device: str = "cpu", precision: str = "fp32",
+                 primitives: dict | None = None, primitive_templates: dict | None = None) -> None:
+    """Encode every (class, template) prompt: text/pre (C, P, d_t) EOS features and text/emb (C, P, D); with
+    `primitives` ({"attrs": [...], "objs": [...]}), also attr/{pre,emb} and obj/{pre,emb}, one prompt each."""
+    C, P = len(classnames), len(templates)
+    pre = encode_prompts(m, [t.format(c) for c in classnames for t in templates], device, precision)
+    arrays = {"text/pre": pre.cpu().numpy().reshape(C, P, -1),
+              "text/emb": project(pre, m.W_txt).cpu().numpy().reshape(C, P, -1)}
+    for key, names in (primitives or {}).items():
+        if key in ("attrs", "objs"):
+            group = key[:-1]
+            pre = encode_prompts(m, [primitive_templates[group].format(n) for n in names], device, precision)
+            arrays |= {f"{group}/pre": pre.cpu().numpy(), f"{group}/emb": project(pre, m.W_txt).cpu().numpy()}
+    write_store(dest, staging, provenance, arrays)

@@ -55,7 +55,8 @@ def _from_checkpoint(arch: str, path: str) -> torch.nn.Module:
 
 
 def build(entry: Model, train_data=None, progress: bool = True) -> torch.nn.Module:
-    """Build the model a zoo entry describes; `train_data` = (images, labels) for `demo`."""
+    """Build the model a zoo entry describes; `train_data` = (images, labels, scenes) for `demo`
+    (`pipeline.demo.render_split`)."""
     _check_arch(entry.arch)
     if entry.source == "pretrained":
         return _pretrained(entry.arch, entry.tag)
@@ -65,7 +66,7 @@ def build(entry: Model, train_data=None, progress: bool = True) -> torch.nn.Modu
         torch.manual_seed(entry.seed)
         return open_clip.create_model(entry.arch, pretrained=None)
     if entry.source == "demo":
-        return demo.train(demo.DemoRecipe(**entry.train), *train_data, progress=progress)
+        return demo.train(demo.DemoRecipe(**entry.train), *train_data, mention=entry.data_mention, progress=progress)
     raise ModelError(f"model source '{entry.source}' is not one of {MODEL_SOURCES}")
 
 

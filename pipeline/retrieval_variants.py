@@ -13,6 +13,7 @@ float32, inner product, full ranking in bounded query chunks).
 | i2i_bridge_query   | SeMoBridge bridge f̂ of f               | projected image f                        |
 | i2i_bridge_both    | f̂                                      | f̂                                       |
 | i2t                | projected image f                       | C class prompt prototypes (R@1 = zero-shot accuracy) |
+| i2i_text_probs     | softmax(scale cos(f, class prompts))    | same transform (both sides through the text) |
 | t2t                | projected prompt t, every (class, prompt), leave-one-out | same set              |
 | t2t_isoclip        | e V_k V_k^T W_txt, leave-one-out        | same set                                 |
 | oti                | OTI text feature of the query image (§6.1) | projected image f                     |
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline import metrics
 from pipeline.config import Retrieval
@@ -42,6 +44,8 @@ VARIANTS = {
     "i2i_bridge_query": "image -> image, SeMoBridge-bridged query vs projected gallery",
     "i2i_bridge_both": "image -> image, SeMoBridge bridge on both sides",
     "i2t": "image -> text, query images vs class prompt prototypes (R@1 = zero-shot accuracy)",
+    "i2i_text_probs": "image -> image through the text: each image as its zero-shot class-probability vector "
+                      "(softmax of logit_scale x cosine to the class prompts)",
     "t2t": "text -> text, projected prompt embeddings, leave-one-out over (class, prompt)",
     "t2t_isoclip": "text -> text, IsoCLIP text side e V_k V_k^T W_txt, leave-one-out over (class, prompt)",
     "oti": "image -> image through text, OTI: the query's pseudo-word text feature vs projected gallery images",
@@ -165,6 +169,11 @@ def build(variant: str, query: Features, query_rows: np.ndarray, gallery: Featur
     if variant == "i2t":
         protos = out(class_prototypes(t(gallery.text_emb)))
         return Task(query.emb[query_rows], q_lab, protos, np.arange(len(protos)), clamp_ks=True)
+    if variant == "i2i_text_probs":
+        protos = class_prototypes(t(gallery.text_emb))
+        probs = lambda e: out(torch.softmax(gallery.logit_scale * F.normalize(t(e), dim=-1) @ protos.T, dim=-1))
+        return Task(probs(query.emb[query_rows]), q_lab, probs(gallery.emb[gallery_rows]), g_lab,
+                    leave_one_out=cfg.leave_one_out, **ids)
     if variant in INVERTED:
         if inverted is None:
             raise ValueError(f"variant {variant!r} needs the {variant} store (features/<model>/<dataset>/{variant}.zarr)")

@@ -4,16 +4,41 @@ Full batch (the caller's `loss_fn` sees every cached row), AdamW with a linear w
 whatever device the parameters live on, with a tqdm bar on a terminal. With a `score` (a val-only
 accuracy), the kept parameters are those of the best step, step 0 being the initial parameters, so
 zero steps return the initialisation untouched and training can never lose to it on val.
+A trained method returns a `TrainedFit`: its kept parameters (the checkpoint) and the settings that
+produced them, which `adapt` writes into logits.zarr with its logits, in the same atomic store write,
+beside the store's provenance (the features, model checkpoint digest and draws it trained on).
 """
 
+import dataclasses
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from pipeline.config import TrainRecipe
+from pipeline.methods.contract import Fit
+
+
+@dataclass
+class TrainedFit(Fit):
+    """A trained method's `Fit` plus its checkpoint: name -> the kept step's tensor, and `params`, the
+    method's settings as JSON (`settings_record`)."""
+    checkpoint: dict[str, torch.Tensor] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+def settings_record(cfg) -> dict:
+    """A method's frozen settings (a dataclass) as the JSON a checkpoint records: tuples become lists and
+    mapping keys strings (None -> "null"), as JSON writes them."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def checkpoint_array(method: str, key: str, name: str) -> str:
+    """Name of one checkpoint tensor in logits.zarr, e.g. 'semobridge_t/shot_16-seed_1/checkpoint/P'."""
+    return f"{method}/{key}/checkpoint/{name}"
 
 
 def warmup_lr(step: int, recipe: TrainRecipe) -> float:

@@ -1,4 +1,5 @@
 """extract@{model}-{dataset}: image features of every manifest row -> features/<model>/<dataset>/images.zarr.
+With `extract.tokens.<dataset>` (fp16 | fp32), also the projected output tokens (CLS + patches) as image/tokens.
 
 usage: python stages/extract.py <model> <dataset>
 Batch size and loader workers: env CLIPCACHE_BATCH_SIZE / CLIPCACHE_WORKERS or local.yaml (not params).
@@ -12,12 +13,14 @@ from common import ROOT, args, stage_params
 from pipeline import config, extract, features, layout, models, runtime
 
 model_name, dataset_name = args(__doc__, "model", "dataset")
-precision = config.precision(stage_params(f"extract@{model_name}-{dataset_name}"))
+p = stage_params(f"extract@{model_name}-{dataset_name}")
+precision, tokens = config.precision(p), config.token_precision(p, dataset_name)
 device, knobs = runtime.device(), runtime.settings(ROOT)
 dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
 manifest = pd.read_parquet(layout.data_dir(dataset_name) / "manifest.parquet")
 m = models.load(layout.model_dir(model_name), device)
 extract.extract_images(
     m, manifest, ROOT / dataset["root"], layout.feature_dir(model_name, dataset_name) / "images.zarr",
-    layout.staging_dir(model_name, dataset_name) / "images.zarr", features.provenance(m.card, dataset, precision),
-    batch_size=knobs["batch_size"], workers=knobs["workers"], device=device, precision=precision)
+    layout.staging_dir(model_name, dataset_name) / "images.zarr",
+    features.provenance(m.card, dataset, precision, **({"tokens": tokens} if tokens else {})),
+    batch_size=knobs["batch_size"], workers=knobs["workers"], device=device, precision=precision, tokens=tokens)

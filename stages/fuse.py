@@ -1,5 +1,5 @@
 """fuse: per method, fusion weights chosen on val (or fixed) and applied once to test, for every
-(model, dataset) -> reports/metrics.json (DVC metrics: dataset / model / method / shots_K -> mean, std
+(model, few-shot dataset) -> reports/metrics.json (DVC metrics: dataset / model / method / shots_K -> mean, std
 over seeds), reports/per_seed.csv (every draw's val and test accuracy) and reports/fusion.json (the
 chosen weights and adapt's knobs per draw). Modes: pipeline/evaluate.py.
 
@@ -16,7 +16,7 @@ args(__doc__)
 p = stage_params("fuse")
 cfg = config.fusion(p, REGISTRY)
 metrics, choices, per_seed = {}, {"mode": cfg.mode}, []
-for dataset in p["datasets"]:
+for dataset in p["fewshot_datasets"]:
     for model in p["models"]:
         path = layout.logits_store(model, dataset)
         result, picks, rows = evaluate.evaluate_store(open_store(path), str(path.relative_to(layout.ROOT)), cfg)

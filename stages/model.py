@@ -12,7 +12,8 @@ from pipeline import config, demo, layout, models, shapes
 cfg = config.model(stage_params(f"model@{name}"), name, demo.DemoRecipe)
 train_data = None
 if cfg.source == "demo":
-    train_data = demo.render_split(cfg.data_seed, "train", cfg.data_per_class * len(shapes.classnames()))
+    train_data = demo.render_split(cfg.data_seed, "train", cfg.data_per_class * len(shapes.classnames()),
+                                   cfg.data_world)
 model = models.build(cfg, train_data)
 out = layout.model_dir(name)
 tmp = out.with_name(out.name + ".tmp")

@@ -15,8 +15,8 @@ out = layout.data_dir(name)
 tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 tmp.mkdir(parents=True)
-if cfg.kind == "shapes":
-    manifest = datasets.write_shapes(tmp, cfg.seed, cfg.per_class, cfg.blur)
+if cfg.kind in ("shapes", "scenes"):
+    manifest = datasets.write_demo(tmp, cfg.kind, cfg.seed, cfg.per_class, cfg.blur)
     root, template = f"data/{name}", shapes.TEMPLATE
 else:
     root = cfg.root
@@ -27,6 +27,7 @@ manifest.to_parquet(tmp / "manifest.parquet", index=False)
 atomic_write_json(tmp / "dataset.json", {
     "name": name, "root": root, "template": cfg.template or template,
     "classnames": datasets.classnames(manifest), "manifest_sha256": datasets.manifest_digest(manifest),
+    **({"primitives": shapes.primitives()} if cfg.kind == "scenes" else {}),
     "counts": manifest["split"].value_counts().to_dict()})
 shutil.rmtree(out, ignore_errors=True)
 tmp.rename(out)

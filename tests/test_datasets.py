@@ -125,12 +125,15 @@ def test_valid_split_file_loads(tmp_path):
     assert manifest["path"].iloc[1] == "2750/Forest/1.png" and manifest["classname"].iloc[1] == "River"
 
 
+@pytest.mark.parametrize("world", ["shapes", "scenes"])
 @pytest.mark.parametrize("blur", [0.0, 1.0])
-def test_shapes_files_are_the_demo_trainers_scenes_through_the_camera(tmp_path, blur):
+def test_demo_files_are_the_demo_trainers_scenes_through_the_camera(tmp_path, blur, world):
     from PIL import Image, ImageFilter
-    manifest = datasets.write_shapes(tmp_path, seed=3, per_class={"train": 2, "val": 1, "test": 1}, blur=blur)
+    manifest = datasets.write_demo(tmp_path, world, seed=3, per_class={"train": 2, "val": 1, "test": 1}, blur=blur)
     assert manifest["label"].nunique() == 36 and len(manifest) == 36 * 4
-    images, labels = demo.render_split(3, "train", 72)
+    images, labels, scenes = demo.render_split(3, "train", 72, world)
+    if world == "scenes":
+        assert [(s.tint, s.small) for s in scenes] == list(zip(manifest.tint[:72], manifest.small[:72]))
     train = manifest[manifest.split == "train"]
     for i in (0, 41, 71):
         sharp = Image.fromarray(images[i].permute(1, 2, 0).numpy())

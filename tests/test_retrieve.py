@@ -219,6 +219,19 @@ def test_i2t_r1_is_zero_shot_accuracy_and_ap_is_reciprocal_rank():
 # ----------------------------------------------------------------------------- protocol
 
 
+def test_text_probs_variant_is_the_zero_shot_softmax_on_both_sides():
+    feats = make_features(seed=3)
+    cfg = retrieval_config(params(variants=["i2i_text_probs"]), "toy")
+    t = tasks(feats, cfg)["i2i_text_probs"]
+    protos = unit(unit(feats.text_emb).mean(axis=1))
+    logits = feats.logit_scale * unit(feats.emb) @ protos.T
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    q, g = feats.split == 2, feats.split == 0
+    np.testing.assert_allclose(t.query, want[q], atol=1e-5)
+    np.testing.assert_allclose(t.gallery, want[g], atol=1e-5)
+
+
 def test_leave_one_out_drops_own_item_by_id_not_position():
     # ids are not row positions, and duplicated vectors make position 0 the wrong item to drop
     ids = np.random.default_rng(10).permutation(1000)[:4 * 18]
@@ -355,7 +368,8 @@ def test_demo_report_and_i2t_equals_zero_shot_accuracy(demo_repo):
     details = json.loads((demo_repo / "reports/retrieval/demo-shapes.details.json").read_text())
     variants = report["variants"]
     # every image variant ran on the demo; text->text needs >= 2 prompts (the default has one template)
-    assert set(variants) == {"i2i", "i2i_isoclip", "i2i_bridge_query", "i2i_bridge_both", "i2t", "oti", "ovi"}
+    assert set(variants) == {"i2i", "i2i_isoclip", "i2i_bridge_query", "i2i_bridge_both", "i2i_text_probs", "i2t",
+                             "oti", "ovi"}
     assert set(details["skipped_variants"]) == {"t2t", "t2t_isoclip"}
     for v, m in variants.items():
         assert 0 < m["mAP"] <= 100 and m["n_queries"] == report["protocol"]["n_query"] == 36 * 50, v

@@ -14,6 +14,7 @@ from pipeline.config import ParamsError
 from pipeline.methods import REGISTRY
 from pipeline.methods.semobridge import PARAM_NAMES, bridge_matrix, semobridge_cosines
 from pipeline.methods.semobridge_t import LossWeights, loss_terms, total_loss
+from pipeline.store import open_store, read, write_store
 from test_adapt import METHODS, settings, toy_features, toy_fewshot, toy_views
 
 F64 = torch.float64
@@ -33,8 +34,14 @@ def run(enabled, **semo_t):
 
 def test_zero_steps_reproduce_the_training_free_logits_exactly():
     arrays, attrs = run(["semobridge", "semobridge_t"], steps=0)
-    mine = [a for a in arrays if a.startswith("semobridge_t/")]
+    mine = [a for a in arrays if a.startswith("semobridge_t/") and "/checkpoint/" not in a]
     assert len(mine) == 4 * 3 * 2   # draws x components x splits
+    u, sigma, vt = np.linalg.svd(toy_features().W_txt.astype(np.float64), full_matrices=False)
+    keep = sigma > SEMO_T["atol"]
+    closed_form = (vt[keep].T / sigma[keep]) @ u[:, keep].T   # pinv with the atol cut: the untrained bridge
+    for key in attrs["draws"]:
+        np.testing.assert_allclose(arrays[f"semobridge_t/{key}/checkpoint/P"], closed_form, rtol=1e-4, atol=1e-5)
+        assert not arrays[f"semobridge_t/{key}/checkpoint/bias"].any()
     for name in mine:
         np.testing.assert_array_equal(arrays[name], arrays[name.replace("semobridge_t/", "semobridge/", 1)], err_msg=name)
     for key, choice in attrs["choices"]["semobridge_t"].items():
@@ -184,3 +191,49 @@ def test_training_works_under_a_callers_no_grad():
     with torch.no_grad():
         done = train.fit([w], lambda gen: ((w - 1.0) ** 2).sum(), recipe)
     assert done.losses[-1] < done.losses[0] and not w.requires_grad
+
+
+def test_the_checkpoint_reproduces_the_test_logits_and_records_its_params(tmp_path):
+    feats, fewshot = toy_features(), toy_fewshot()
+    views = toy_views(feats, fewshot)
+    arrays, attrs = adapt.run(feats, fewshot, views, settings(enabled=["semobridge_t"]))
+    write_store(tmp_path / "logits.zarr", tmp_path / "staging", {"toy": True}, arrays, attrs)
+    group = open_store(tmp_path / "logits.zarr")
+    record = dict(group.attrs)["checkpoints"]["semobridge_t"]
+    assert record["arrays"] == ["P", "bias", "items"]
+    params = record["params"]
+    assert params["recipe"] == {k: SEMO_T[k] for k in ("steps", "lr", "warmup", "warmup_min_lr", "weight_decay", "seed")}
+    assert params["losses"] == SEMO_T["losses"] and params["atol"] == SEMO_T["atol"]
+    assert params["select"] == [SEMO_T["select"][k] for k in PARAM_NAMES]
+    assert params["extra_shots"] == {"null": SEMO_T["extra_shots"]}
+
+    # the bridge formula (METHODS.md §3.4, §4.2) in float64 numpy, from the checkpoint and the cached features
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    W, s = feats.W_txt.astype(np.float64), np.linalg.norm(feats.text_pre.mean(axis=1), axis=-1).mean()
+    text = unit(unit(feats.text_emb.astype(np.float64)).mean(axis=1))                 # (C, D) prompt prototypes
+    q = feats.emb[feats.split == 2].astype(np.float64)
+    row_of = {int(i): r for r, i in enumerate(feats.item)}
+    view_of = {int(i): r for r, i in enumerate(views.item)}
+    trained = 0
+    for key in attrs["draws"]:
+        P, bias, items = (read(group, f"semobridge_t/{key}/checkpoint/{n}") for n in ("P", "bias", "items"))
+        P, bias = P.astype(np.float64), bias.astype(np.float64)
+        assert sorted(items.ravel().tolist()) == sorted(fewshot["draws"][key]["train"]), key
+        rows = np.vectorize(row_of.get)(items)                                             # (C, K) feature rows
+        assert (feats.label[rows] == np.arange(len(items))[:, None]).all(), key           # class c in row c
+        shots = np.concatenate([feats.emb[rows], views.flip[np.vectorize(view_of.get)(items)]], axis=1)  # + hflip
+        bridged = lambda f, b: s * unit(f @ P + b) @ W
+        raw_protos, bridged_protos = unit(shots.mean(axis=1)), unit(bridged(shots, bias[:, None]).mean(axis=1))
+        p = np.exp(raw_protos @ text.T)
+        own = np.diag(p / p.sum(axis=1, keepdims=True))
+        knob = attrs["choices"]["semobridge_t"][key]
+        weight = np.exp(knob["smoothness"] * np.log2((1 + 1e-6) / (own + 1e-6)))
+        qn = unit(q)
+        expect = {"lambda1": np.exp(-knob["alpha"] * (1 - qn @ text.T)),
+                  "lambda2": np.exp(-knob["beta"] * (1 - qn @ bridged_protos.T)) * weight,
+                  "lambda3": np.exp(-knob["gamma"] * (1 - unit(bridged(q, 0.0)) @ raw_protos.T)) * weight}
+        for name, value in expect.items():
+            np.testing.assert_allclose(read(group, f"semobridge_t/{key}/{name}/test"), value, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{key} {name}")
+        trained += knob["best_step"] > 0 and np.abs(bias).max() > 0
+    assert trained, "no draw kept a trained step: the check above would not exercise the class bias"

@@ -143,7 +143,7 @@ torch.manual_seed(0)
 demo.register_configs()
 if not (out / "model" / "model.pt").exists():
     models.save(open_clip.create_model("demo-clip", pretrained=None), config.Model("demo-clip", "random"), out / "model")
-    datasets.write_shapes(out / "data", 0, {"train": 10, "val": 1, "test": 1}).to_parquet(out / "manifest.parquet")
+    datasets.write_demo(out / "data", "shapes", 0, {"train": 10, "val": 1, "test": 1}).to_parquet(out / "manifest.parquet")
 import pandas as pd
 m = models.load(out / "model")
 extract_images(m, pd.read_parquet(out / "manifest.parquet"), out / "data", out / sys.argv[2], out / "staging.zarr",

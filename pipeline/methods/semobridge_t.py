@@ -5,7 +5,8 @@ initialised at pinv(W_txt, atol); bias (C, d_t), zero-initialised, added to the 
 to a val/test query); W_txt (d_t, D); the text-norm scale s is fixed. Training is full batch over all
 C K' shots (`pipeline.train.fit`, AdamW with Dassl's linear warm-up); the step kept is the best val
 accuracy of the fused logits at the fixed `select` knobs (the reference's INIT values); then the same
-val search as the training-free variant runs on the trained bridge.
+val search as the training-free variant runs on the trained bridge. The kept P and bias are the draw's
+checkpoint (`pipeline.train.TrainedFit`), stored by `adapt` under `semobridge_t/<draw>/checkpoint/`.
 """
 
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
             + w.consistency * terms["cons"] + w.bias_norm * terms["bias"])
 
 
+def select_hits(draw, shots: torch.Tensor, text_protos: torch.Tensor, bridge_state, bias: torch.Tensor,
+                select: torch.Tensor) -> int:
+    """Correct val rows of the draw's fused logits at the fixed knobs `select` (1, 7): the score of a step."""
+    cosines = semobridge_cosines(draw.q_val, shots, text_protos, *bridge_state, bias)
+    return int(count_correct(semobridge_builder(cosines)(select), draw.y_val)[0])
+
+
 @dataclass(frozen=True)
 class SeMoBridgeTConfig:
     """`methods.semobridge_t` (METHODS.md §4)."""
@@ -99,14 +107,17 @@ class SeMoBridgeT(SeMoBridge):
             return total_loss(terms, cfg.losses)
 
         def val_hits() -> int:   # val rows only, knobs fixed: the step choice never sees test
-            cosines = semobridge_cosines(draw.q_val, shots, inputs.protos, P, W_txt, s, bias)
-            return int(count_correct(semobridge_builder(cosines)(select), draw.y_val)[0])
+            return select_hits(draw, shots, inputs.protos, (P, W_txt, s), bias, select)
 
         done = train.fit([P, bias], loss, cfg.recipe, val_hits, desc=f"{self.name} {draw.key}")
         record = {"extra_shots": self.extra_mode(inputs, draw, cfg), "best_step": done.best_step,
                   "steps": cfg.recipe.steps, "train_seconds": round(done.seconds, 3),
                   "select_val_acc": round(100 * done.best_score / len(draw.y_val), 4)}
-        return semobridge.searched(inputs, draw, shots, (P, W_txt, s), cfg, bias, extra=record)
+        fit = semobridge.searched(inputs, draw, shots, (P, W_txt, s), cfg, bias, extra=record)
+        # the kept P and bias, and the items of the shots they trained on (their views per `extra_shots`)
+        items = torch.from_numpy(inputs.feats.item[draw.idx])
+        return train.TrainedFit(fit.choice, fit.components, {"P": P, "bias": bias, "items": items},
+                                train.settings_record(cfg))
 
 
 METHOD = SeMoBridgeT()
