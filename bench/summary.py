@@ -78,6 +78,11 @@ def lines() -> list[str]:
                    f"{q['isoclip']['ms_per_query_batch1']:.2g}, bridge {q['bridge']['ms_per_query_batched']:.2g} / "
                    f"{q['bridge']['ms_per_query_batch1']:.2g}; OTI / bridge {r['ratios']['oti_over_bridge']['batched']:.3g}x "
                    f"batched, {r['ratios']['oti_over_bridge']['batch1']:.3g}x alone.")
+    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("tokens-*.json")):
+        r = _load(name)
+        out.append(f"- `{name}` ({r['images']} images; {_where(r)}): store size with fp16 / fp32 tokens "
+                   f"{r['size_over_none']['fp16']}x / {r['size_over_none']['fp32']}x the store without, extraction "
+                   f"time {r['time_over_none']['fp16']}x / {r['time_over_none']['fp32']}x.")
     r = _load("extraction")
     if r:
         out.append(f"- `extraction` ({_where(r)}): end-to-end / forward-only {r['efficiency']:.2f}, peak RSS growth "

@@ -191,9 +191,6 @@ def _run(args) -> int:
     else:
         added = add_folder(args.repo / "params.yaml", args.name, args.root)
         print(f"added to {args.repo / 'params.yaml'}:\n{added}", end="")
-        if "folder" not in config.DATASET_KINDS:
-            print(f"note: this checkout cannot read kind 'folder' yet (pipeline.config.DATASET_KINDS = "
-                  f"{config.DATASET_KINDS}); list '{args.name}' in `datasets` once it can")
     return 0
 
 

@@ -81,20 +81,67 @@ def entry(section, name: str, where: str) -> dict:
 
 # ----------------------------------------------------------------------------- data and models
 
-DATASET_KINDS = ("coop", "shapes", "scenes")
+DATASET_KINDS = ("coop", "shapes", "scenes", "folder", "webdataset")
+DEFAULT_RATIO = (0.7, 0.1)   # folder, ratio split: train and val fractions per class; test gets the rest
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """`data.<name>`: a CoOp-layout dataset on disk, or an embedded demo world (`shapes`, `scenes`)."""
+    """`data.<name>`: a CoOp-layout dataset on disk, an embedded demo world (`shapes`, `scenes`), a
+    class-per-folder dataset (`folder`) or tar shards in the webdataset layout (`webdataset`)."""
     name: str
     kind: str
     coop_name: str | None = None      # coop: which CoOp dataset (split file, image folder, template)
-    root: str | None = None           # coop: folder holding the split file
-    seed: int = 0                     # shapes, scenes
+    root: str | None = None           # coop: folder holding the split file; folder, webdataset: the data
+    seed: int = 0                     # shapes, scenes; folder: the ratio split's seed
     blur: float = 0.0                 # shapes, scenes: camera blur (px)
     per_class: dict = field(default_factory=dict)   # shapes, scenes: images per class per split
     template: str | None = None       # overrides the dataset's literature template
+    split: str = "auto"               # folder: folders (root/<split>/<class>), ratio, or auto (folders if
+                                      # root has train/, val/ and test/, else ratio)
+    ratio: tuple = DEFAULT_RATIO      # folder, ratio split: (train, val) fractions per class
+    shards: dict = field(default_factory=dict)      # webdataset: split -> shard names or globs under root
+
+
+def _known_keys(cfg: dict, where: str, known: tuple) -> None:
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key '{where}.{unknown[0]}' (known: {sorted(known)})")
+
+
+def _folder_split(cfg: dict, where: str) -> tuple[str, tuple, int]:
+    """`split` of a folder dataset: absent (auto), `folders`, or {train: f, val: f, seed: n} -> (mode, ratio, seed)."""
+    if "split" not in cfg:
+        return "auto", DEFAULT_RATIO, 0
+    sec, at = cfg["split"], f"{where}.split"
+    if sec == "folders":
+        return "folders", DEFAULT_RATIO, 0
+    if not isinstance(sec, dict):
+        raise ParamsError(f"params.yaml: '{at}' = {sec!r} should be 'folders' (root/train, root/val, root/test) "
+                          "or a mapping {train: fraction, val: fraction, seed: int}")
+    _known_keys(sec, at, ("train", "val", "seed"))
+    train = float(need(sec, "train", (int, float), at, minimum=0, maximum=1))
+    val = float(need(sec, "val", (int, float), at, minimum=0, maximum=1))
+    if train <= 0 or train + val > 1:
+        raise ParamsError(f"params.yaml: '{at}' = {sec!r}: train should be > 0 and train + val <= 1 "
+                          "(test gets the rest)")
+    return "ratio", (train, val), need(sec, "seed", int, at, minimum=0)
+
+
+def _shards(cfg: dict, where: str) -> dict[str, tuple[str, ...]]:
+    """`shards` of a webdataset: per split, a shard name or glob, or a list of them, relative to root."""
+    sec, at = need(cfg, "shards", dict, where), f"{where}.shards"
+    _known_keys(sec, at, SPLITS)
+    out = {}
+    for split in SPLITS:
+        value = need(sec, split, (str, list), at)
+        names = [value] if isinstance(value, str) else value
+        if not names or not all(isinstance(n, str) and n.endswith(".tar") and not n.startswith("/") and "::" not in n
+                                for n in names):
+            raise ParamsError(f"params.yaml: '{at}.{split}' = {value!r} should be a relative name or glob of "
+                              "uncompressed .tar shards, or a non-empty list of them (shards are read by offset)")
+        out[split] = tuple(names)
+    return out
 
 
 def dataset(params: dict, name: str, coop_names) -> Dataset:
@@ -107,6 +154,15 @@ def dataset(params: dict, name: str, coop_names) -> Dataset:
     if kind == "coop":
         return Dataset(name, kind, coop_name=need(cfg, "name", str, where, choices=coop_names),
                        root=need(cfg, "root", str, where), template=template)
+    if kind == "folder":
+        _known_keys(cfg, where, ("kind", "root", "split", "template"))
+        split, ratio, seed = _folder_split(cfg, where)
+        return Dataset(name, kind, root=need(cfg, "root", str, where), split=split, ratio=ratio, seed=seed,
+                       template=template)
+    if kind == "webdataset":
+        _known_keys(cfg, where, ("kind", "root", "shards", "template"))
+        return Dataset(name, kind, root=need(cfg, "root", str, where), shards=_shards(cfg, where),
+                       template=template)
     per_class = need(cfg, "per_class", dict, where)
     return Dataset(name, kind, seed=need(cfg, "seed", int, where, minimum=0),
                    blur=float(need(cfg, "blur", (int, float), where, minimum=0)),

@@ -1,7 +1,9 @@
 """Dataset registry and manifests.
 
 A manifest is a DataFrame with one row per image: `item` (stable int id), `path` (relative to the
-dataset root), `label`, `classname`, `split`. Rows follow the split file: train, then val, then test.
+dataset root; `<shard>.tar::<member>` for a webdataset image), `label`, `classname`, `split`. Rows follow
+the split file: train, then val, then test. Class-per-folder and webdataset datasets are built by
+pipeline/folder_datasets.py and pipeline/webdataset_datasets.py with the helpers here.
 """
 
 import hashlib
@@ -17,6 +19,9 @@ from pipeline import shapes
 from pipeline.layout import SPLITS
 
 COLUMNS = ["item", "path", "label", "classname", "split"]
+# Suffixes read as images by folder and webdataset datasets (lower case); other files are not images.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+GENERIC_TEMPLATE = "a photo of a {}."   # folder and webdataset datasets: CLIP's generic prompt
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,29 @@ def coop_manifest(name: str, root: Path) -> pd.DataFrame:
             rel, label, classname = _check_entry(entry, f"{split_path}: {split}[{i}]")
             path = f"{info.image_dir}/{rel}" if info.image_dir else rel
             rows.append((path, label, classname.replace("_", " "), split))
-    manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
-    manifest.insert(0, "item", range(len(manifest)))
+    manifest = frame(rows)
     check_labels(manifest, str(split_path))
     return manifest
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    """A manifest from (path, label, classname, split) rows in manifest order; items are 0..N-1."""
+    manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
+    manifest.insert(0, "item", range(len(manifest)))
+    return manifest
+
+
+def read_classes(path: Path) -> list[str]:
+    """The class names of a `classes.txt`, one per line in label order (blank lines skipped), each once."""
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DatasetError(f"{path}: class '{name}' is listed twice (one class per line, each once)")
+        seen.add(name)
+    if len(names) < 2:
+        raise DatasetError(f"{path}: {len(names)} class names, expected at least 2 (one per line)")
+    return names
 
 
 SPLIT_FORMAT = "expected CoOp's split_zhou_*.json with 'train', 'val', 'test' lists of [path, label, classname]"
@@ -123,15 +147,18 @@ def classnames(manifest: pd.DataFrame) -> list[str]:
     return manifest.drop_duplicates("label").sort_values("label")["classname"].tolist()
 
 
-def _problem(path: Path) -> str | None:
-    if not path.is_file():
-        return "missing"
+def decode_problem(source) -> str | None:
+    """None when `source` (a path or a binary file object) decodes as an RGB image, else what is wrong."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.convert("RGB").load()
     except Exception as exc:  # PIL raises many types for bad files
         return f"corrupt ({type(exc).__name__}: {exc})"
     return None
+
+
+def _problem(path: Path) -> str | None:
+    return "missing" if not path.is_file() else decode_problem(path)
 
 
 def check_images(manifest: pd.DataFrame, root: Path, workers: int = 8) -> None:
@@ -161,8 +188,7 @@ def write_demo(out_dir: Path, world: str, seed: int, per_class: dict[str, int], 
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             img.save(out_dir / rel)
             rows.append((rel, label, shapes.classnames()[label], split))
-    manifest = pd.DataFrame(rows, columns=COLUMNS[1:])
-    manifest.insert(0, "item", range(len(manifest)))
+    manifest = frame(rows)
     if nuisances:
         manifest[["tint", "small"]] = nuisances
     return manifest

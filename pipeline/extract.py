@@ -4,6 +4,9 @@ Batches never cross a shard boundary, so a resumed run computes exactly the batc
 run would have, and the two stores end bit-identical.
 """
 
+import io
+import os
+import tarfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,22 +27,79 @@ DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}   # keys:
 TOKEN_DTYPES = {"fp32": "float32", "fp16": "float16"}                    # image/tokens storage: config.TOKEN_PRECISIONS
 
 
+class ImageSource:
+    """Opens a manifest's images as RGB: files under `root`, or members of uncompressed tar shards, whose
+    manifest path is `<shard>.tar::<member>` (pipeline/webdataset_datasets.py), read at their offset without
+    unpacking. Each process keeps one shard open with its member index: DataLoader workers read whole
+    batches in manifest order, so they move from shard to shard, and a forked worker must not share its
+    parent's file offset."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._reset()
+
+    def _reset(self):
+        self._pid, self._shard, self._file, self._index = os.getpid(), None, None, {}
+
+    def __getstate__(self):   # spawned workers open their own shard
+        return {"root": self.root}
+
+    def __setstate__(self, state):
+        self.root = state["root"]
+        self._reset()
+
+    def open(self, path: str) -> Image.Image:
+        shard, sep, member = path.partition(".tar::")
+        try:
+            if not sep:
+                with Image.open(self.root / path) as img:
+                    return img.convert("RGB")
+            with Image.open(io.BytesIO(self._member(self.root / (shard + ".tar"), member))) as img:
+                return img.convert("RGB")
+        except Exception as exc:
+            raise RuntimeError(f"cannot decode image {self.root / path}: {exc}") from exc
+
+    def _member(self, shard: Path, member: str) -> bytes:
+        if self._pid != os.getpid():
+            self._reset()
+        if shard != self._shard:
+            if self._file is not None:
+                self._file.close()
+            self._shard, self._file, self._index = None, None, _member_index(shard)
+            self._shard, self._file = shard, open(shard, "rb")
+        if member not in self._index:
+            raise ValueError(f"no member '{member}' in {shard} (truncated, or rewritten since prepare)")
+        offset, size = self._index[member]
+        self._file.seek(offset)
+        data = self._file.read(size)
+        if len(data) != size:
+            raise ValueError(f"{shard} is truncated: member '{member}' has {len(data)} of {size} bytes")
+        return data
+
+
+def _member_index(shard: Path) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, size) of a tar shard, from its headers."""
+    index = {}
+    with tarfile.open(shard, "r:") as tar:
+        try:
+            for m in tar:
+                index[m.name] = (m.offset_data, m.size)
+        except tarfile.ReadError:   # cut short: the members before the cut stay readable
+            pass
+    return index
+
+
 class ImageFiles(Dataset):
     """Decoded, preprocessed images of a manifest, in manifest order."""
 
     def __init__(self, root: Path, paths: list[str], preprocess):
-        self.root, self.paths, self.preprocess = Path(root), paths, preprocess
+        self.source, self.paths, self.preprocess = ImageSource(root), paths, preprocess
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        path = self.root / self.paths[i]
-        try:
-            with Image.open(path) as img:
-                return self.preprocess(img.convert("RGB"))
-        except Exception as exc:
-            raise RuntimeError(f"cannot decode image {path}: {exc}") from exc
+        return self.preprocess(self.source.open(self.paths[i]))
 
 
 def _autocast(device: str, precision: str):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from pipeline.extract import _autocast, project
+from pipeline.extract import ImageSource, _autocast, project
 from pipeline.models import LoadedModel
 from pipeline.config import ViewRecipe
 from pipeline.store import StoreError, open_store, read, write_store
@@ -55,7 +55,7 @@ class ViewImages(Dataset):
 
     def __init__(self, root: Path, paths: list[str], items: np.ndarray, recipe: ViewRecipe, card: dict,
                  preprocess):
-        self.root, self.paths, self.items, self.recipe = Path(root), paths, items, recipe
+        self.source, self.paths, self.items, self.recipe = ImageSource(root), paths, items, recipe
         cfg = card["preprocess"]
         size = cfg["size"]
         self.size = [size, size] if isinstance(size, int) else list(size)
@@ -74,12 +74,7 @@ class ViewImages(Dataset):
         return TF.normalize(TF.to_tensor(out), self.mean, self.std)
 
     def __getitem__(self, i):
-        path = self.root / self.paths[i]
-        try:
-            with Image.open(path) as raw:
-                img = raw.convert("RGB")
-        except Exception as exc:
-            raise RuntimeError(f"cannot decode image {path}: {exc}") from exc
+        img = self.source.open(self.paths[i])
         views = [self.view(img, self.items[i], v) for v in range(self.recipe.n_views)]
         return torch.stack(views + [self.preprocess(TF.hflip(img))])
 

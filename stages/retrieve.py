@@ -4,7 +4,8 @@ usage: python stages/retrieve.py <model> <dataset>
 
 Writes, all after every variant has been computed and each atomically: `<model>-<dataset>.json` (the DVC
 metrics: per variant mAP, mAP@R, P@R, R@k, n_queries, n_skipped_no_relevant), `.details.json` (protocol,
-variant descriptions, skipped variants and classes, IsoCLIP band / bridge spectrum) and `.csv` (the plot).
+variant descriptions, skipped variants and classes, IsoCLIP band / bridge spectrum), `.csv` (the plot) and
+`.svg` (the same as an image).
 
 Query/gallery splits, leave-one-out, ks and variants come from `retrieval` in params.yaml (METHODS.md §9);
 IsoCLIP's band from `methods.isoclip.<arch>` (text side: `retrieval.isoclip_text.<arch>`), the bridge's
@@ -15,7 +16,7 @@ local.yaml; default 1024): peak memory ~ 16 * chunk * gallery bytes whatever the
 import json
 
 from common import ROOT, args, stage_params
-from pipeline import config, features, inversion_store, layout, retrieval_variants as rv, runtime
+from pipeline import config, features, inversion_store, layout, plots, retrieval_variants as rv, runtime
 from pipeline.io import atomic_write_json, atomic_write_text
 
 METRICS = ("mAP", "mAP@R", "P@R")
@@ -73,3 +74,5 @@ out = layout.retrieval_report(model_name, dataset_name)
 atomic_write_json(out.parent / (out.name + ".json"), metrics)
 atomic_write_json(out.parent / (out.name + ".details.json"), details)
 atomic_write_text(out.parent / (out.name + ".csv"), "\n".join(rows) + "\n")
+atomic_write_text(out.parent / (out.name + ".svg"),
+                  plots.retrieval_map(results, f"Retrieval mAP per variant ({model_name}, {dataset_name})"))
