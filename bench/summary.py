@@ -19,6 +19,12 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _family(prefix: str):
+    """(name, report) of every reports/bench/<prefix>-*.json, by name."""
+    for path in sorted((ROOT / "reports" / "bench").glob(f"{prefix}-*.json")):
+        yield path.stem, json.loads(path.read_text())
+
+
 def _where(r: dict) -> str:
     c = r["context"]
     moved = "" if code_digest(c["module"]) == c["code_sha256"] else "; **code changed since: re-run**"
@@ -27,8 +33,7 @@ def _where(r: dict) -> str:
 
 def lines() -> list[str]:
     out = []
-    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("fusion_search-*.json")):
-        r = _load(name)
+    for name, r in _family("fusion_search"):
         m, t = r["mean"], r["throughput"]
         out.append(f"- `{name}` ({r['setup']['draws']} draws; {_where(r)}): mean val / test over draws, random "
                    f"{m['random']['val']:.2f} / {m['random']['test']:.2f}, random + refinement "
@@ -36,12 +41,10 @@ def lines() -> list[str]:
                    f"{m['tpe']['val']:.2f} / {m['tpe']['test']:.2f}; refinement >= TPE on every draw: "
                    f"{r['refined_ge_tpe_on_every_draw']}; batched {t['trials_per_s']['batched']:.0f} trials/s = "
                    f"{t['batched_over_tpe']}x TPE, {t['batched_over_loop']}x a per-trial loop.")
-    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("closed_form-*.json")):
-        r = _load(name)
+    for name, r in _family("closed_form"):
         per = ", ".join(f"{k} {v['total_s']:.2f}" for k, v in r["seconds_per_method"].items())
         out.append(f"- `{name}` ({r['setup']['draws']} draws; {_where(r)}): seconds per method, {per}.")
-    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("semobridge_t-*.json")):
-        r = _load(name)
+    for name, r in _family("semobridge_t"):
         per = "; ".join(f"{m} ({v['arch']}, D {v['D']}, d_t {v['d_t']}) {v['train_s']:.1f} s per run, "
                         f"{v['train_s_per_1000_steps']:.1f} s per 1,000 steps ({100 * v['val_scoring_share']:.0f}% "
                         f"of it val scoring)" for m, v in r["per_model"].items())
@@ -49,8 +52,7 @@ def lines() -> list[str]:
         out.append(f"- `{name}` ({r['setup']['key']}: {v['classes']} classes x {v['shots_per_class']} shots with "
                    f"{v['extra_shots']}, {v['val_rows_scored']} val rows scored per step; {_where(r)}): SeMoBridge-T "
                    f"training at {r['setup']['steps']} steps, {per}; the reference: {r['setup']['reference']}.")
-    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("sweep_cost-*.json")):
-        r = _load(name)
+    for name, r in _family("sweep_cost"):
         out.append(f"- `{name}` ({_where(r)}): a fusion-weight edit re-runs {r['fixed_weight_edit']['stages_run']} "
                    f"in {r['ratio_fixed']:.3f}x the time of adapt + fuse.")
     for name in ("retrieval", "retrieval-demo-eurosat"):
@@ -68,8 +70,7 @@ def lines() -> list[str]:
                    f"full ranking {f['eval_s_extrapolated']:.0f} s{extrapolated}, peak RSS {f['peak_rss_mib']:.0f} MiB "
                    f"(+{f['eval_rss_growth_mib']:.0f}); full / top-k time {x['eval_s']}x, RSS growth "
                    f"{x['eval_rss_growth']}x.")
-    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("inversion_latency-*.json")):
-        r = _load(name)
+    for name, r in _family("inversion_latency"):
         q = r["ms_per_query"]
         out.append(f"- `{name}` ({_where(r)}): ms per query, batched / alone: OTI ({q['oti']['steps']} steps) "
                    f"{q['oti']['ms_per_query_batched']:.1f} / {q['oti']['ms_per_query_batch1']:.0f}, OVI "
@@ -78,8 +79,7 @@ def lines() -> list[str]:
                    f"{q['isoclip']['ms_per_query_batch1']:.2g}, bridge {q['bridge']['ms_per_query_batched']:.2g} / "
                    f"{q['bridge']['ms_per_query_batch1']:.2g}; OTI / bridge {r['ratios']['oti_over_bridge']['batched']:.3g}x "
                    f"batched, {r['ratios']['oti_over_bridge']['batch1']:.3g}x alone.")
-    for name in sorted(p.stem for p in (ROOT / "reports" / "bench").glob("tokens-*.json")):
-        r = _load(name)
+    for name, r in _family("tokens"):
         out.append(f"- `{name}` ({r['images']} images; {_where(r)}): store size with fp16 / fp32 tokens "
                    f"{r['size_over_none']['fp16']}x / {r['size_over_none']['fp32']}x the store without, extraction "
                    f"time {r['time_over_none']['fp16']}x / {r['time_over_none']['fp32']}x.")

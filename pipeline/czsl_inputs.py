@@ -15,7 +15,7 @@ import torch
 from pipeline import czsl_data
 from pipeline.config import ParamsError, need
 from pipeline.czsl_methods import CZSLInputs
-from pipeline.features import MODEL_KEYS
+from pipeline.features import expected
 from pipeline.layout import SPLIT_CODES
 from pipeline.methods.cosine import class_prototypes
 from pipeline.store import StoreError, open_store, read
@@ -37,8 +37,7 @@ def load(feature_dir: Path, card: dict, dataset: dict, manifest: pd.DataFrame, u
     if "primitives" not in dataset:
         raise ValueError(f"dataset '{dataset['name']}' has no (attribute, object) classes (no `primitives` in its "
                          f"dataset.json): compositional zero-shot needs a dataset like the demo `scenes`")
-    expect = {**{k: card[k] for k in MODEL_KEYS}, "dataset": dataset["name"],
-              "manifest_sha256": dataset["manifest_sha256"]}
+    expect = expected(card, dataset)
     images, text = open_store(feature_dir / "images.zarr", expect), open_store(feature_dir / "text.zarr", expect)
     if "image/tokens" not in images:
         raise StoreError(f"{feature_dir / 'images.zarr'} has no image/tokens: add `{dataset['name']}: fp16` to "

@@ -176,7 +176,7 @@ def extract_images(m: LoadedModel, manifest: pd.DataFrame, root: Path, dest: Pat
                         batch_sampler=_shard_batches(writer, batch_size), num_workers=workers,
                         pin_memory=device == "cuda", persistent_workers=False)
     pending = writer.pending()
-    bar = tqdm(total=sum(np.subtract(*writer.shard_range(s)[::-1]) for s in pending),
+    bar = tqdm(total=writer.pending_rows(),
                desc=f"extract {dest.parent.name}", unit="img", disable=not progress)
     buffers, shard_iter = [], iter(pending)
     shard = next(shard_iter, None)
@@ -220,9 +220,8 @@ def extract_text(m: LoadedModel, classnames: list[str], templates: list[str], de
     pre = encode_prompts(m, [t.format(c) for c in classnames for t in templates], device, precision)
     arrays = {"text/pre": pre.cpu().numpy().reshape(C, P, -1),
               "text/emb": project(pre, m.W_txt).cpu().numpy().reshape(C, P, -1)}
-    for key, names in (primitives or {}).items():
-        if key in ("attrs", "objs"):
-            group = key[:-1]
-            pre = encode_prompts(m, [primitive_templates[group].format(n) for n in names], device, precision)
-            arrays |= {f"{group}/pre": pre.cpu().numpy(), f"{group}/emb": project(pre, m.W_txt).cpu().numpy()}
+    for group in ("attr", "obj") if primitives else ():
+        names = primitives[f"{group}s"]
+        pre = encode_prompts(m, [primitive_templates[group].format(n) for n in names], device, precision)
+        arrays |= {f"{group}/pre": pre.cpu().numpy(), f"{group}/emb": project(pre, m.W_txt).cpu().numpy()}
     write_store(dest, staging, provenance, arrays)

@@ -46,10 +46,14 @@ def _finite(path: Path, name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def expected(card: dict, dataset: dict) -> dict:
+    """The provenance keys a store of this model and dataset must carry (`open_store(path, expect)`)."""
+    return {**{k: card[k] for k in MODEL_KEYS}, "dataset": dataset["name"], "manifest_sha256": dataset["manifest_sha256"]}
+
+
 def load(feature_dir: Path, card: dict, dataset: dict) -> Features:
     """Read images.zarr + text.zarr, refusing incomplete stores or ones from another model/dataset."""
-    expect = {**{k: card[k] for k in MODEL_KEYS}, "dataset": dataset["name"],
-              "manifest_sha256": dataset["manifest_sha256"]}
+    expect = expected(card, dataset)
     images = open_store(feature_dir / "images.zarr", expect)
     text = open_store(feature_dir / "text.zarr", expect)
     check_provenance(feature_dir / "text.zarr", dict(text.attrs["provenance"]),

@@ -179,7 +179,7 @@ def write(method: str, m: LoadedModel, feats: Features, cfg: Settings, dest: Pat
     small = {f"{method}/row": rows.astype(np.int64), f"{method}/label": labels.astype(np.int32)}
     writer = ShardedWriter(staging, prov, arrays, small, shard_rows=cfg.batch * BATCHES_PER_SHARD)
     pending = writer.pending()
-    bar = tqdm(total=sum(np.subtract(*writer.shard_range(s)[::-1]) for s in pending), unit="row",
+    bar = tqdm(total=writer.pending_rows(), unit="row",
                desc=f"{method} {dest.parent.parent.name}-{dest.parent.name}", disable=not progress)
     for shard in pending:
         start, stop = writer.shard_range(shard)

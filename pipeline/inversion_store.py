@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.features import Features, provenance
+from pipeline.features import Features, expected, provenance
 from pipeline.layout import SPLIT_CODES
 from pipeline.store import StoreError, open_store, read
 
@@ -53,8 +53,7 @@ def store_provenance(method: str, card: dict, dataset: dict, feats: Features, se
 
 def load(path: Path, method: str, card: dict, dataset: dict) -> Inverted:
     """A complete OTI/OVI store of this model and dataset (StoreError otherwise)."""
-    expect = {**{k: card[k] for k in ("arch", "checkpoint_sha256")}, "dataset": dataset["name"],
-              "manifest_sha256": dataset["manifest_sha256"], "method": method}
+    expect = {**expected(card, dataset), "method": method}
     group = open_store(path, expect)
     get = lambda name: read(group, f"{method}/{name}")
     return Inverted(get("row"), get("label"), get("emb"), get("cos"), dict(group.attrs["provenance"]))

@@ -117,6 +117,10 @@ class ShardedWriter:
         """Shards not yet written, in order."""
         return [s for s in range(self.n_shards) if not (self.progress / f"{s:06d}.done").exists()]
 
+    def pending_rows(self) -> int:
+        """Rows still to write (a progress bar's total)."""
+        return sum(stop - start for start, stop in map(self.shard_range, self.pending()))
+
     def write_shard(self, shard: int, blocks: dict[str, np.ndarray]) -> None:
         """Write one whole shard of every row array, then mark it done."""
         start, stop = self.shard_range(shard)

@@ -30,5 +30,6 @@ split = {"unseen_val": sorted(set(data.split_pairs["val"]) - set(data.seen)),
 out = layout.reports_dir() / "czsl" / f"{model_name}-{dataset_name}"
 atomic_write_json(out.with_name(out.name + ".details.json"),
                   {"split": split, "seconds": round(time.perf_counter() - start, 1), **result})
-atomic_write_json(out.with_name(out.name + ".json"), czsl_sam.metrics(result))
-print(json.dumps(czsl_sam.metrics(result), indent=1))
+metrics = czsl_sam.metrics(result)
+atomic_write_json(out.with_name(out.name + ".json"), metrics)
+print(json.dumps(metrics, indent=1))
