@@ -186,6 +186,8 @@ class Model:
     data_per_class: int = 0
     data_world: str = "shapes"        # demo: shapes (one object, class-only captions) | scenes (nuisances)
     data_mention: float = 1.0         # demo, scenes: probability that a caption names each nuisance
+    data_blur: float = 0.0            # demo: camera blur of the renders (a teacher's privileged view)
+    init: str | None = None           # demo: the zoo entry whose checkpoint training starts from
     train: dict = field(default_factory=dict)   # demo: pipeline.demo.DemoRecipe fields
 
 
@@ -208,9 +210,11 @@ def model(params: dict, name: str, recipe_type) -> Model:
         need(recipe, key, (int, float) if known[key] in (float, "float") else int, f"{where}.train", minimum=0)
     world = need(data, "world", str, f"{where}.data", choices=DEMO_WORLDS)
     mention = float(need(data, "mention", (int, float), f"{where}.data", minimum=0, maximum=1)) if world == "scenes" else 1.0
+    blur = float(need(data, "blur", (int, float), f"{where}.data", minimum=0)) if "blur" in data else 0.0
+    init = need(cfg, "init", str, where) if "init" in cfg else None   # its checkpoint: models/<init>
     return Model(arch, source, data_seed=need(data, "seed", int, f"{where}.data", minimum=0),
                  data_per_class=need(data, "per_class", int, f"{where}.data", minimum=1), data_world=world,
-                 data_mention=mention, train=dict(recipe))
+                 data_mention=mention, data_blur=blur, init=init, train=dict(recipe))
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -255,6 +259,42 @@ def templates(params: dict) -> tuple[str, ...]:
     return tuple(value)
 
 
+@dataclass(frozen=True)
+class TextSet:
+    """`text_sets.<name>`: where a set's names come from and the template they are encoded through."""
+    name: str
+    source: str          # "demo" or a file path (.csv with ClassName, else one name a line)
+    template: str
+    distractors: int = 0  # demo only
+
+
+def text_set(params: dict, name: str) -> TextSet:
+    cfg, where = entry(params.get("text_sets"), name, "text_sets"), f"text_sets.{name}"
+    _known_keys(cfg, where, ("source", "template", "distractors"))
+    template = need(cfg, "template", str, where)
+    if template.count("{}") != 1:
+        raise ParamsError(f"params.yaml: '{where}.template' = {template!r} should contain '{{}}' exactly once")
+    source = need(cfg, "source", str, where)
+    distractors = need(cfg, "distractors", int, where, minimum=0) if source == "demo" else 0
+    return TextSet(name, source, template, distractors)
+
+
+def distill(params: dict) -> tuple[str, str]:
+    """`distill`: the (student, teacher) zoo entries SpectralGCD distils between."""
+    section = need(params, "distill", dict, "")
+    return need(section, "student", str, "distill"), need(section, "teacher", str, "distill")
+
+
+def merged_block(section: dict, where: str, block: str, dataset: str) -> tuple[dict, str]:
+    """`<where>.<block>` with `<where>.overrides.<dataset>.<block>` merged over it, and the dotted name to
+    quote in errors."""
+    mine = (section.get("overrides") or {}).get(dataset) or {}
+    if not isinstance(mine, dict) or not all(isinstance(v, dict) for v in mine.values()):
+        raise ParamsError(f"params.yaml: '{where}.overrides.{dataset}' = {mine!r} should map blocks to settings")
+    name = f"{where}.{block}" + (f" (with {where}.overrides.{dataset})" if block in mine else "")
+    return {**need(section, block, dict, where), **mine.get(block, {})}, name
+
+
 # ----------------------------------------------------------------------------- few-shot draws and views
 
 VAL_PROTOCOLS = ("full", "coop")
@@ -286,14 +326,17 @@ class ViewRecipe:
     seed: int = 0
 
 
-def views(params: dict) -> ViewRecipe:
-    section = need(params, "views", dict, "")
-    scale = numbers(section, "scale", "views", 2)
+def views(params: dict, where: str = "views", min_views: int = 1) -> ViewRecipe:
+    """`views` (the few-shot images'), or another section of that shape such as `gcd.views`."""
+    section = params
+    for i, key in enumerate(where.split(".")):
+        section = need(section, key, dict, ".".join(where.split(".")[:i]))
+    scale = numbers(section, "scale", where, 2)
     if not 0 < scale[0] <= scale[1] <= 1:
-        raise ParamsError(f"params.yaml: 'views.scale' = {list(scale)!r} should be [low, high] with "
+        raise ParamsError(f"params.yaml: '{where}.scale' = {list(scale)!r} should be [low, high] with "
                           f"0 < low <= high <= 1")
-    return ViewRecipe(need(section, "n_views", int, "views", minimum=1), scale,
-                      need(section, "flip", bool, "views"), need(section, "seed", int, "views", minimum=0))
+    return ViewRecipe(need(section, "n_views", int, where, minimum=min_views), scale,
+                      need(section, "flip", bool, where), need(section, "seed", int, where, minimum=0))
 
 
 # ----------------------------------------------------------------------------- keys several stages share

@@ -37,18 +37,18 @@ class DemoRecipe:
     seed: int = 0
 
 
-def render_split(data_seed: int, split: str, n: int, world: str = "shapes"
+def render_split(data_seed: int, split: str, n: int, world: str = "shapes", blur: float = 0.0
                  ) -> tuple[torch.Tensor, torch.Tensor, list[shapes.Scene] | None]:
     """Images (n, 3, 64, 64) uint8, labels (n,) and (world `scenes`) what each scene shows, of a split of the
-    pre-training world, exactly as `prepare` renders that world (sharp: blur 0)."""
+    pre-training world, exactly as `prepare` renders that world (the student: sharp, blur 0)."""
     images, labels, scenes = [], [], []
     for i in range(n):
         if world == "scenes":
-            img, scene = shapes.sample_scene(data_seed, split, i)
+            img, scene = shapes.sample_scene(data_seed, split, i, blur)
             label = scene.label
             scenes.append(scene)
         else:
-            img, label = shapes.sample(data_seed, split, i)
+            img, label = shapes.sample(data_seed, split, i, blur)
         images.append(np.asarray(img))
         labels.append(label)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
@@ -75,13 +75,15 @@ def _scene_captions(tokenizer, scenes: list[shapes.Scene], picks, tmpl, flags) -
 
 
 def train(recipe: DemoRecipe, images: torch.Tensor, labels: torch.Tensor, scenes: list[shapes.Scene] | None = None,
-          mention: float = 1.0, progress: bool = True):
-    """Train demo-clip from scratch on (images, labels); deterministic for a fixed recipe and data. With
-    `scenes`, each caption names the class object and each nuisance with probability `mention`; without,
-    the class alone."""
+          mention: float = 1.0, progress: bool = True, init: dict | None = None):
+    """Train demo-clip on (images, labels), from scratch or from the state dict `init` (a teacher fine-tuned
+    from its student); deterministic for a fixed recipe and data. With `scenes`, each caption names the class
+    object and each nuisance with probability `mention`; without, the class alone."""
     register_configs()
     torch.manual_seed(recipe.seed)
     model = open_clip.create_model(ARCH, pretrained=None)
+    if init is not None:
+        model.load_state_dict(init, strict=True)
     tokenizer = open_clip.get_tokenizer(ARCH)
     captions = _caption_tokens(tokenizer)
     pixels = _normalise(images, model)

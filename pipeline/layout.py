@@ -2,14 +2,17 @@
 stage that owns each output. Stages, benchmarks and tests all use these names.
 
     data/<ds>/manifest.parquet, dataset.json              prepare@<ds>
-    models/<m>/model.pt, card.json                         model@<m>
+    models/<m>/model.pt, card.json                         model@<m> (teacher: distill.teacher)
     features/<m>/<ds>/{images,text,views}.zarr             extract@ / text@ / views@<m>-<ds>
     features/<m>/<ds>/{oti,ovi}.zarr                       oti@ / ovi@<m>-<ds>
+    features/<m>/textsets/<set>.zarr                       textset@<m>-<set> / teacher_textset@<set>
+    features/<student>/<ds>/gcd_views.zarr                 gcd_views@<ds>
     fewshot/<ds>/fewshot.json                              fewshot@<ds>
     logits/<m>/<ds>/logits.zarr                            adapt@<m>-<ds>
     reports/metrics.json, fusion.json, per_seed.csv        fuse
     reports/summary.md, plots/                             report
     reports/retrieval/<m>-<ds>.{json,details.json,csv}     retrieve@<m>-<ds>
+    reports/gcd/<ds>.{json,details.json,csv,svg}           gcd@<ds>
 Resumable writes go to git-ignored `features/.staging/` and `logits/.staging/` (DVC deletes a stage's
 outputs before it runs, so a staging store is what survives a kill).
 """
@@ -56,6 +59,19 @@ def feature_dir(model: str, dataset: str, root: Path = ROOT) -> Path:
 def staging_dir(model: str, dataset: str, root: Path = ROOT) -> Path:
     """Git-ignored work area for resumable feature writes."""
     return Path(root) / "features" / ".staging" / model / dataset
+
+
+def textset_store(model: str, name: str, root: Path = ROOT) -> Path:
+    return Path(root) / "features" / model / "textsets" / f"{name}.zarr"
+
+
+def textset_staging(model: str, name: str, root: Path = ROOT) -> Path:
+    return Path(root) / "features" / ".staging" / model / "textsets" / f"{name}.zarr"
+
+
+def gcd_report(dataset: str, root: Path = ROOT) -> Path:
+    """Stem of the category-discovery outputs; add `.json`, `.details.json`, `.csv` or `.svg`."""
+    return Path(root) / "reports" / "gcd" / dataset
 
 
 def fewshot_file(dataset: str, root: Path = ROOT) -> Path:

@@ -54,9 +54,9 @@ def _from_checkpoint(arch: str, path: str) -> torch.nn.Module:
     return model
 
 
-def build(entry: Model, train_data=None, progress: bool = True) -> torch.nn.Module:
+def build(entry: Model, train_data=None, progress: bool = True, init: dict | None = None) -> torch.nn.Module:
     """Build the model a zoo entry describes; `train_data` = (images, labels, scenes) for `demo`
-    (`pipeline.demo.render_split`)."""
+    (`pipeline.demo.render_split`), trained from the state dict `init` when the entry names one."""
     _check_arch(entry.arch)
     if entry.source == "pretrained":
         return _pretrained(entry.arch, entry.tag)
@@ -66,12 +66,14 @@ def build(entry: Model, train_data=None, progress: bool = True) -> torch.nn.Modu
         torch.manual_seed(entry.seed)
         return open_clip.create_model(entry.arch, pretrained=None)
     if entry.source == "demo":
-        return demo.train(demo.DemoRecipe(**entry.train), *train_data, mention=entry.data_mention, progress=progress)
+        return demo.train(demo.DemoRecipe(**entry.train), *train_data, mention=entry.data_mention, progress=progress,
+                          init=init)
     raise ModelError(f"model source '{entry.source}' is not one of {MODEL_SOURCES}")
 
 
-def save(model: torch.nn.Module, entry: Model, out_dir: Path) -> dict:
-    """Write `model.pt` (state dict) and `card.json`; return the card."""
+def save(model: torch.nn.Module, entry: Model, out_dir: Path, init: dict | None = None) -> dict:
+    """Write `model.pt` (state dict) and `card.json` (with `init`: the card of the model training started
+    from); return the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "model.pt.tmp"
     torch.save(model.state_dict(), tmp)
@@ -81,6 +83,7 @@ def save(model: torch.nn.Module, entry: Model, out_dir: Path) -> dict:
         "source": entry.source,
         "tag": entry.tag,
         "path": entry.path,
+        **({"init": init} if init else {}),
         "checkpoint_sha256": sha256_file(out_dir / "model.pt"),
         "open_clip_version": open_clip.__version__,
         "quick_gelu": bool(open_clip.get_model_config(entry.arch).get("quick_gelu", False)),
@@ -131,9 +134,8 @@ def split_projections(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tenso
     return W_img, b_img, W_txt
 
 
-def load(model_dir: Path, device: str = "cpu") -> LoadedModel:
-    """Load `model_dir/model.pt` as its card describes (refusing a checkpoint whose sha256 is not the card's)
-    and split off the projections."""
+def checkpoint(model_dir: Path) -> tuple[dict, dict]:
+    """(card, state dict) of a built model, refusing a `model.pt` whose sha256 is not its card's."""
     model_dir = Path(model_dir)
     for name in ("card.json", "model.pt"):
         if not (model_dir / name).is_file():
@@ -142,9 +144,15 @@ def load(model_dir: Path, device: str = "cpu") -> LoadedModel:
     if sha256_file(model_dir / "model.pt") != card["checkpoint_sha256"]:
         raise ModelError(f"{model_dir / 'model.pt'} is not the checkpoint its card.json describes (sha256 differs): "
                          f"run `dvc repro model@{model_dir.name}` or `dvc checkout models/{model_dir.name}`")
+    return card, torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+
+
+def load(model_dir: Path, device: str = "cpu") -> LoadedModel:
+    """Load `model_dir/model.pt` as its card describes (refusing a checkpoint whose sha256 is not the card's)
+    and split off the projections."""
+    card, state = checkpoint(model_dir)
     _check_arch(card["arch"])
     model = open_clip.create_model(card["arch"], pretrained=None)
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -72,6 +72,29 @@ def retrieval_map(variants: Mapping[str, Mapping], title: str) -> str:
         return _svg(fig)
 
 
+def gcd_accuracy(table: Mapping[str, Mapping], title: str) -> str:
+    """Grouped horizontal bars of All / Old / New accuracy (%) per method with std error bars; `table` maps a
+    method to {"all": .., "all_std": .., "old": .., ...} (parts without rows are left out)."""
+    if not table:
+        raise ValueError(f"gcd_accuracy({title!r}): no method to plot")
+    parts, height = ("all", "old", "new"), 0.27
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(6.4, 1.0 + 0.6 * len(table)))
+        ax = fig.add_subplot()
+        for j, part in enumerate(parts):
+            y = [i + (j - 1) * height for i in range(len(table))]
+            vals = [m.get(part, 0.0) for m in table.values()]
+            bars = ax.barh(y, vals, height, xerr=[m.get(f"{part}_std", 0.0) for m in table.values()], capsize=2,
+                           label=part)
+            for bar, method in zip(bars, table):
+                bar.set_gid(gid("bar", f"{method}-{part}"))
+        ax.set_yticks(range(len(table)), list(table))
+        ax.invert_yaxis()
+        ax.set(title=title, xlim=(0, 100), xlabel="clustering accuracy (%), Hungarian over all rows (v2)")
+        ax.legend(loc="lower right")
+        return _svg(fig)
+
+
 def spectrum(s_txt: np.ndarray, s_psi: np.ndarray, atol: float | None, gap: float, title: str) -> str:
     """Singular values (descending, log axis) of W_txt and of Psi = W_img W_txt^T, the bridge's pinv cut-off
     `atol` as a dashed line (when the bridge runs), and the modality gap in the title. Values below FLOOR x the

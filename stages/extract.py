@@ -13,7 +13,7 @@ from common import ROOT, args, stage_params
 from pipeline import config, extract, features, layout, models, runtime
 
 model_name, dataset_name = args(__doc__, "model", "dataset")
-p = stage_params(f"extract@{model_name}-{dataset_name}")
+p = stage_params(f"extract@{model_name}-{dataset_name}", f"teacher_extract@{dataset_name}")
 precision, tokens = config.precision(p), config.token_precision(p, dataset_name)
 device, knobs = runtime.device(), runtime.settings(ROOT)
 dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())

@@ -10,7 +10,7 @@ from common import args, stage_params
 from pipeline import config, extract, features, layout, models, runtime
 
 model_name, dataset_name = args(__doc__, "model", "dataset")
-p = stage_params(f"text@{model_name}-{dataset_name}")
+p = stage_params(f"text@{model_name}-{dataset_name}", f"teacher_text@{dataset_name}")
 precision = config.precision(p)
 dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
 templates = extract.expand_templates(config.templates(p), dataset["template"])

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import yaml
 
 from conftest import run
@@ -37,3 +38,43 @@ def test_downstream_param_leaves_model_and_extract_alone(demo_repo):
     finally:
         params_file.write_text(original)
         run(["dvc", "repro"], demo_repo)
+
+
+def _stale_after(repo, edit) -> set[str]:
+    """The stages `dvc status` calls changed after `edit(params)`; params.yaml is restored afterwards."""
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    edit(params)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        return set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+    finally:
+        params_file.write_text(original)
+
+
+def test_gcd_params_invalidate_only_the_gcd_stage(demo_repo):
+    stale = _stale_after(demo_repo, lambda p: p["gcd"]["overrides"]["scenes"]["train"].update(epochs=3))
+    assert stale == {"gcd@scenes"}, stale
+
+
+def test_editing_the_dictionary_re_encodes_only_that_set(demo_repo):
+    stale = _stale_after(demo_repo, lambda p: p["text_sets"]["demo_concepts"].update(distractors=100))
+    assert stale == {"textset@demo-demo_concepts", "teacher_textset@demo_concepts", "gcd@scenes"}, stale
+
+
+def test_the_teacher_is_measurably_stronger_than_its_student(demo_repo):
+    from pipeline import features, layout
+
+    dataset = json.loads((layout.data_dir("scenes", demo_repo) / "dataset.json").read_text())
+    acc = {}
+    for m in ("demo", "demo_teacher"):
+        card = json.loads((layout.model_dir(m, demo_repo) / "card.json").read_text())
+        f = features.load(layout.feature_dir(m, "scenes", demo_repo), card, dataset)
+        test = f.split == layout.SPLIT_CODES["test"]
+        img = f.emb[test] / np.linalg.norm(f.emb[test], axis=1, keepdims=True)
+        txt = f.text_emb[:, 0] / np.linalg.norm(f.text_emb[:, 0], axis=1, keepdims=True)
+        acc[m] = float(((img @ txt.T).argmax(1) == f.label[test]).mean())
+    assert acc["demo_teacher"] > acc["demo"] + 0.02, acc
+    gcd = json.loads((demo_repo / "reports" / "gcd" / "scenes.json").read_text())
+    assert set(gcd) == {"kmeans_image", "kmeans_concepts", "kmeans_filtered", "simgcd", "spectralgcd", "filter"}
