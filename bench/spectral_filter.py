@@ -2,7 +2,7 @@
 covariance + eigh, the reference's) against the truncated route (block Krylov on X, trace for the total)
 and, for N < K0, the gram route; seconds and peak RSS of each, on synthetic teacher logits.
 
-usage: python -m bench.spectral_filter [--rows 50000] [--concepts 22131] [--small-rows 5000]
+usage: python -m bench.spectral_filter [--rows 50000] [--concepts 22131] [--small-rows 5000 10000]
                                        [--exact-concepts 4096 8192] [--budget-s 900] [--seed 0]
 
 Data: SYNTHETIC logits = cosine / 0.01 of CLIP-like unit vectors (D 512): every image and concept shares a
@@ -132,7 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--concepts", type=int, default=22_131)
-    ap.add_argument("--small-rows", type=int, default=5_000, help="an N < K0 size (the gram route)")
+    ap.add_argument("--small-rows", type=int, nargs="+", default=[5_000, 10_000],
+                    help="N < K0 sizes (the first rows; the gram route)")
     ap.add_argument("--exact-concepts", type=int, nargs=2, default=[4096, 8192],
                     help="the two K0 the exact route is timed at (all rows), for the extrapolation")
     ap.add_argument("--budget-s", type=float, default=900, help="run exact at the full size if it fits")
@@ -171,10 +172,11 @@ def main() -> None:
         estimate = extrapolate([runs[f"exact_K{kk}"] for kk in a.exact_concepts], n, k0)
         if estimate["seconds"] <= a.budget_s:
             agree["truncated_vs_exact_full"] = agreement(measure("exact_full", full, n, "exact"), t_full)
-        g = measure("gram_small", full, small, "gram")
-        ts = measure("truncated_small", full, small, "truncated")
-        agree["truncated_vs_gram_small"] = agreement(g, ts)
-    small_exact = extrapolate([runs[f"exact_K{kk}"] for kk in a.exact_concepts], small, k0)
+        for rows in small:
+            g = measure(f"gram_N{rows}", full, rows, "gram")
+            agree[f"truncated_vs_gram_N{rows}"] = agreement(g, measure(f"truncated_N{rows}", full, rows, "truncated"))
+    exact_sweep = [runs[f"exact_K{kk}"] for kk in a.exact_concepts]
+    small_exact = {f"N{rows}": extrapolate(exact_sweep, rows, k0) for rows in small}
     exact_full = runs.get("exact_full", estimate)
     ratios = {
         **{f"exact_over_truncated_K{kk}": {
@@ -185,15 +187,18 @@ def main() -> None:
             "seconds": round(exact_full["seconds"] / runs["truncated_full"]["seconds"], 1),
             "rss_growth": round(exact_full["rss_growth_mib"] / runs["truncated_full"]["rss_growth_mib"], 2),
             "measured": "exact_full" in runs},
-        "exact_over_gram_small": {"seconds": round(small_exact["seconds"] / runs["gram_small"]["seconds"], 1),
-                                  "measured": False},
-        "truncated_over_gram_small": {"seconds": round(runs["truncated_small"]["seconds"]
-                                                       / runs["gram_small"]["seconds"], 2), "measured": True},
+        **{f"exact_over_gram_N{rows}": {"seconds": round(small_exact[f"N{rows}"]["seconds"]
+                                                          / runs[f"gram_N{rows}"]["seconds"], 1),
+                                         "measured": False} for rows in small},
+        **{f"gram_over_truncated_N{rows}": {
+            "seconds": round(runs[f"gram_N{rows}"]["seconds"] / runs[f"truncated_N{rows}"]["seconds"], 2),
+            "rss_growth": round(runs[f"gram_N{rows}"]["rss_growth_mib"] / runs[f"truncated_N{rows}"]["rss_growth_mib"], 2),
+            "measured": True} for rows in small},
     }
     write_result("spectral_filter", {
         "logits": described, "beta_e": 0.95, "beta_c": 0.99,
         "auto_picks": {f"{r}x{c}": auto_route(r, c) for r, c in
-                       [(n, k0), (small, k0), *((n, kk) for kk in a.exact_concepts)]},
+                       [(n, k0), *((r, k0) for r in small), *((n, kk) for kk in a.exact_concepts)]},
         "routes": runs, "exact_full_extrapolated": estimate, "exact_small_extrapolated": small_exact,
         "agreement": agree, "ratios": ratios,
     }, context("bench.spectral_filter", None, [], {"logits": described,

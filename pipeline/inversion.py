@@ -100,13 +100,19 @@ class TextWithTokens:
 
     def __call__(self, pseudo: torch.Tensor) -> torch.Tensor:
         """(B, R, width) pseudo-words -> (B, D) projected text features (as open_clip's encode_text)."""
-        model, ids = self.model, self.ids.expand(len(pseudo), -1)
-        x = model.token_embedding(ids).clone()
-        x[:, self.slots] = pseudo.to(x.dtype)
-        x = model.transformer(x + model.positional_embedding, attn_mask=model.attn_mask)
-        x = text_global_pool(model.ln_final(x), ids, model.text_pool_type,
-                             eos_token_id=getattr(model, "text_eos_id", None))
-        return x @ self.W
+        return encode_text_with_tokens(self.model, self.W, self.ids.expand(len(pseudo), -1), self.slots, pseudo)
+
+
+def encode_text_with_tokens(model: torch.nn.Module, W: torch.Tensor, ids: torch.Tensor, slots: torch.Tensor,
+                            tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's encode_text of token ids (B, L) with the embeddings at the (L,) bool `slots` replaced by
+    `tokens` (B, R, width), then `@ W` (the split-off text projection): (B, D). Gradients reach `tokens`."""
+    x = model.token_embedding(ids).clone()
+    x[:, slots] = tokens.to(x.dtype)
+    x = model.transformer(x + model.positional_embedding, attn_mask=model.attn_mask)
+    x = text_global_pool(model.ln_final(x), ids, model.text_pool_type,
+                         eos_token_id=getattr(model, "text_eos_id", None))
+    return x @ W
 
 
 class ImageWithTokens:

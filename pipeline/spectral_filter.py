@@ -21,26 +21,29 @@ Routes (all give the same k_e, k_c and kept concepts, up to exact ties and float
 - ``truncated``: total = trace(Sigma) = the sum of the column variances, computed without any eigen-
   decomposition, so only the leading eigenpairs are needed. They come from block Krylov (block Lanczos
   with full re-orthogonalisation, blocks of 128 columns started in the range of X^T) with Rayleigh-Ritz
-  on the whole basis each time it has grown by a quarter; Sigma is applied as X^T (X V) / (N - 1) (X
-  materialised, N x K0; nothing K0 x K0 is formed). Ritz values are lower bounds, and so are their
-  cumulative sums (Ky Fan's maximum principle), so once cumsum(theta)_k >= beta_e * total, k_e <= k is
-  certain. k = k_e is accepted when k <= 3/4 of the basis, every top-k residual ||Sigma v - theta v|| is
-  below 1e-5 theta_1 (1e-8 in float64), and cumsum(theta)_{k-1} + sum_{i<k} ||r_i|| < beta_e * total:
-  each Ritz value is within its residual norm of an eigenvalue, and taking these to be the top ones
-  (no eigenvalue missed by the random start: the usual assumption of Krylov methods, not a proof)
-  makes that sum an upper bound of the true cumsum_{k-1}. tests/test_spectral_filter.py and
-  bench.spectral_filter check the result against ``exact``. A basis spanning the range of X^T is
-  exact; if it gets there unverified, the full route (below) runs instead. ``eigenvalues`` holds the
-  Ritz values of the final basis (the first k_e verified). Its cost grows with k_e, not with K0^2.
-- ``auto``: when min(N, K0) <= AUTO_FULL_MAX (a full eigh of that size takes seconds) or beta_e = 1 (the
-  whole spectrum counts: k_e is then the numerical rank, which round-off decides), the full route:
-  ``gram`` if N < K0, else ``exact``. Otherwise ``truncated``, switching to the full route when the basis
-  would pass min(N, K0) / 4 columns: its passes over X then cost N K0 min(N, K0) flops, half the full
-  route's product, and Rayleigh-Ritz on that basis nears a full eigh. `Filtered.route` records the route
-  that produced the result. Why (bench.spectral_filter, reports/bench/spectral_filter.json, 2 cores):
-  LAPACK's eigh is ~K0^3 and memory-bound (tens of seconds at K0 = 4,096, most of an hour at 22,131)
-  and the covariance product is 2 N K0^2 flops, while the truncated route costs about 4 N K0 flops per
-  basis column, with a basis of ~3 k_e columns.
+  (float64, over row chunks) on the whole basis each time it has grown by a quarter; Sigma is applied as
+  X^T (X V) / (N - 1) (X materialised, N x K0; nothing K0 x K0 is formed). Ritz values are lower bounds,
+  and so are their cumulative sums (Ky Fan's maximum principle), so once cumsum(theta)_k >= beta_e *
+  total, k_e <= k is certain. k = k_e is accepted when k <= 3/4 of the basis, every top-k residual
+  ||Sigma v - theta v|| is below 1e-4 theta_1 (1e-8 for float64 logits; float32 products floor near
+  1e-5), and cumsum(theta)_{k-1} + sum_{i<k} ||r_i|| < beta_e * total: each Ritz value lies within its
+  residual norm of an eigenvalue, and taking these to be the top ones (no eigenvalue missed by the
+  random start: the usual assumption of Krylov methods, not a proof) makes that sum an upper bound of
+  the true cumsum_{k-1}. tests/test_spectral_filter.py and bench.spectral_filter check the result
+  against the exact routes. A basis spanning the range of X^T is exact; if it gets there unverified,
+  the full route (below) runs instead. ``eigenvalues`` holds the Ritz values of the final basis (the
+  first k_e verified). The basis ends near 2.5 k_e columns: the cost grows with k_e, not with K0^2.
+- ``auto``: when min(N, K0) <= AUTO_FULL_MAX (a full eigh of that size takes a second or two) or
+  beta_e = 1 (the whole spectrum counts: k_e is then the numerical rank, which round-off decides), the
+  full route: ``gram`` if N < K0, else ``exact``. Otherwise ``truncated``, switching to the full route
+  (recorded in `Filtered.route`, the attempt in `info["truncated_gave_up"]`) when the basis would pass
+  min(N, K0) / 3 columns, i.e. k_e above ~min(N, K0) / 8: its passes over X then cost 4/3 N K0 min(N, K0)
+  flops, about the full route's product, so the full route is cheaper from there. Why, measured on 2
+  cores (bench.spectral_filter, reports/bench/spectral_filter.json, synthetic CLIP-like logits): the
+  truncated route was already faster at N 50,000 x K0 4,096 (k_e 421) and 8,192 (k_e 662), and at
+  N 5,000 and 10,000 x K0 22,131 against gram (k_e 577, 758); LAPACK's eigh is ~K0^3 (6.5 s at 4,096,
+  52 s at 8,192, ~17 min extrapolated to 22,131) and the covariance product 2 N K0^2 flops, while the
+  truncated route costs ~4 N K0 flops per basis column.
 
 Precision: float64 logits run in float64; anything else in float32 (as the reference) for the N x K0 and
 K0 x K0 arrays, with column means, variances (Chan's merge, float64) and all cumulative sums in float64;
@@ -56,7 +59,7 @@ import numpy as np
 import torch
 
 ROUTES = ("auto", "exact", "gram", "truncated")
-# auto: the largest min(N, K0) decomposed in full (eigh of 2,048 x 2,048 fp32: ~2 s on 2 cores).
+# auto: the largest min(N, K0) decomposed in full (eigh of 2,048 x 2,048 float32: ~1 s on 2 cores).
 AUTO_FULL_MAX = 2048
 BLOCK_ELEMENTS = 1 << 24          # row block of the softmax / centring passes (64 MiB in float32)
 _BLOCK, _GROW, _SPARE = 128, 1.25, 0.25       # truncated: Krylov block, check schedule, spare columns
@@ -113,7 +116,7 @@ def spectral_filter(logits, beta_e: float = 0.95, beta_c: float = 0.99, route: s
     full = "gram" if n < k0 else "exact"
     cap = None
     if route == "auto":
-        route, cap = auto_route(n, k0, beta_e), min(n, k0) // 4
+        route, cap = auto_route(n, k0, beta_e), min(n, k0) // 3
     clock = _Clock()
     x = None if route == "exact" else torch.empty((n, k0), dtype=dtype, device=device)
     mean, var = _column_stats(logits, dtype, device, x)
@@ -340,15 +343,19 @@ def _next_block(c, basis, eps):
 
 
 def _ritz(basis, images, total, beta_e, complete, trail, tol):
-    """Rayleigh-Ritz on the basis; (Ritz values, contributions) once k_e is verified, else None."""
-    k_all = torch.cat(basis, 1).to(torch.float64)
-    a_all = torch.cat(images, 1).to(torch.float64)            # Sigma times the basis
-    h = k_all.T @ a_all
+    """Rayleigh-Ritz on the basis; (Ritz values, contributions) once k_e is verified, else None. Runs in
+    float64 over row chunks, so no float64 copy of the whole basis is held."""
+    k0, dims = basis[0].shape[0], sum(b.shape[1] for b in basis)
+    step = max(1, BLOCK_ELEMENTS // (8 * dims))
+
+    def chunks():
+        for r in range(0, k0, step):
+            yield (torch.cat([b[r:r + step] for b in basis], 1).to(torch.float64),
+                   torch.cat([w[r:r + step] for w in images], 1).to(torch.float64))
+    h = sum(kc.T @ ac for kc, ac in chunks())
     theta, s = torch.linalg.eigh((h + h.T) / 2)
     theta, s = theta.flip(0), s.flip(1)
-    del h
     cum = torch.cumsum(theta, 0)
-    dims = len(theta)
     trail.append({"dims": dims, "captured": round(float(cum[-1]) / total, 6)})
     target = beta_e * total
     if float(cum[-1]) < target:                               # Ritz sums are lower bounds: grow
@@ -356,9 +363,11 @@ def _ritz(basis, images, total, beta_e, complete, trail, tol):
     k = _count(theta.cpu().numpy(), total, beta_e)
     if not complete and k > dims * (1 - _SPARE):
         return None
-    v = k_all @ s[:, :k]
-    res = torch.linalg.vector_norm(a_all @ s[:, :k] - v * theta[:k], dim=0)
-    del k_all, a_all
+    sk, v, res2 = s[:, :k], [], 0.0
+    for kc, ac in chunks():                                   # Ritz vectors and residual norms
+        v.append(kc @ sk)
+        res2 = res2 + ((ac @ sk - v[-1] * theta[:k]) ** 2).sum(0)
+    v, res = torch.cat(v), res2.sqrt()
     below = float(cum[k - 2]) if k >= 2 else 0.0
     bound = float(res[:k - 1].sum())
     trail[-1].update(k=k, max_residual=float(res.max() / theta[0]), margin=(target - below - bound) / total)

@@ -14,7 +14,9 @@ from pipeline import config, extract, features, layout, models, runtime
 
 model_name, dataset_name = args(__doc__, "model", "dataset")
 p = stage_params(f"extract@{model_name}-{dataset_name}", f"teacher_extract@{dataset_name}")
-precision, tokens = config.precision(p), config.token_precision(p, dataset_name)
+# the teacher's stage declares no `extract.tokens`: category discovery reads no patch tokens
+precision = config.precision(p)
+tokens = config.token_precision(p, dataset_name) if "tokens" in p["extract"] else None
 device, knobs = runtime.device(), runtime.settings(ROOT)
 dataset = json.loads((layout.data_dir(dataset_name) / "dataset.json").read_text())
 manifest = pd.read_parquet(layout.data_dir(dataset_name) / "manifest.parquet")

@@ -1,0 +1,38 @@
+"""RE-tune's task x label AUROC heatmap as SVG, drawn like `pipeline.plots` (object API, its style, ids and
+deterministic bytes): one row per evaluation (after each task), one column per label, the value in each cell;
+an undefined AUROC (None) is a grey "n/a" cell, never a colour that reads as a number.
+"""
+
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from pipeline.plots import STYLE, _svg, gid
+
+
+def auroc_heatmap(matrix: Sequence[Sequence[float | None]], tasks: Sequence[str], labels: Sequence[str],
+                  title: str) -> str:
+    """SVG of `matrix` (len(tasks) x len(labels) AUROC values or None), e.g. `RetuneResult.matrix()` with
+    `RetuneResult.task_names`; colours span 0.5 (chance) to 1."""
+    values = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+    if values.shape != (len(tasks), len(labels)) or not values.size:
+        raise ValueError(f"auroc_heatmap({title!r}): matrix of shape {values.shape} should be "
+                         f"{len(tasks)} tasks x {len(labels)} labels, not empty")
+    with matplotlib.rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(1.6 + 1.1 * len(labels), 1.2 + 0.45 * len(tasks)))
+        ax = fig.add_subplot()
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.5, vmax=1.0, aspect="auto")
+        image.set_gid(gid("heatmap", "auroc"))
+        for i in range(len(tasks)):
+            for j in range(len(labels)):
+                v = values[i, j]
+                ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                        color="0.2" if np.isnan(v) or v > 0.8 else "white", gid=gid("cell", f"{i}-{j}"))
+        ax.set_xticks(range(len(labels)), list(labels), rotation=30, ha="right")
+        ax.set_yticks(range(len(tasks)), list(tasks))
+        ax.set(title=title, xlabel="label", ylabel="after task")
+        fig.colorbar(image, ax=ax, label="test AUROC")
+        return _svg(fig)
