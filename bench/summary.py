@@ -70,6 +70,20 @@ def lines() -> list[str]:
                    f"full ranking {f['eval_s_extrapolated']:.0f} s{extrapolated}, peak RSS {f['peak_rss_mib']:.0f} MiB "
                    f"(+{f['eval_rss_growth_mib']:.0f}); full / top-k time {x['eval_s']}x, RSS growth "
                    f"{x['eval_rss_growth']}x.")
+    r = _load("spectral_filter")
+    if r:
+        t, x, e = r["routes"]["truncated_full"], r["ratios"], r["routes"].get("exact_full")
+        e, how = (e, "") if e else (r["exact_full_extrapolated"], " extrapolated")
+        gib = lambda mib: f"{mib / 1024:.1f} GiB"
+        sweep = ", ".join(f"{k[len('exact_K'):]} {x['exact_over_truncated_' + k[len('exact_'):]]['seconds']}x"
+                          for k in r["routes"] if k.startswith("exact_K"))
+        small = ", ".join(f"N {k[len('gram_N'):]} {x['gram_over_truncated_' + k[len('gram_'):]]['seconds']}x"
+                          for k in r["routes"] if k.startswith("gram_N"))
+        out.append(f"- `spectral_filter` ({_where(r)}): {t['N']} x {t['K0']} synthetic logits (k_e {t['k_e']}, "
+                   f"k_c {t['k_c']}), truncated {t['seconds']:.0f} s, peak RSS {gib(t['peak_rss_mib'])} "
+                   f"(+{gib(t['rss_growth_mib'])}); exact{how} {e['seconds']:.0f} s (+{gib(e['rss_growth_mib'])}), "
+                   f"{x['exact_over_truncated_full']['seconds']}x; exact / truncated measured at K0 {sweep}; "
+                   f"gram / truncated at K0 {t['K0']}: {small}.")
     for name, r in _family("inversion_latency"):
         q = r["ms_per_query"]
         out.append(f"- `{name}` ({_where(r)}): ms per query, batched / alone: OTI ({q['oti']['steps']} steps) "
@@ -83,6 +97,18 @@ def lines() -> list[str]:
         out.append(f"- `{name}` ({r['images']} images; {_where(r)}): store size with fp16 / fp32 tokens "
                    f"{r['size_over_none']['fp16']}x / {r['size_over_none']['fp32']}x the store without, extraction "
                    f"time {r['time_over_none']['fp16']}x / {r['time_over_none']['fp32']}x.")
+    for name, r in _family("gcd_training"):
+        per = "; ".join(f"{t} tower {v['forward_s_per_batch']:.2f} s per batch, {v['epoch_with_forward_s']:.1f} s per "
+                        f"epoch = {v['ratio']}x" for t, v in r["towers"].items())
+        out.append(f"- `{name}` ({r['train_rows']} train rows, batch {r['batch']} x 2 views; {_where(r)}): SpectralGCD "
+                   f"epoch on cached views {r['cached_epoch_s']:.2f} s; with the student's image tower on each batch: "
+                   f"{per}.")
+    r = _load("retune_epoch")
+    if r:
+        per = "; ".join(f"D {d}: {v['s_per_epoch']} s per epoch, training RSS growth {v['train_rss_growth_mib']:.0f} MiB "
+                        f"for a {v['row_array_mib']:.0f} MiB row array" for d, v in r["per_dim"].items())
+        out.append(f"- `retune_epoch` ({r['setup']['rows']} synthetic rows, batch {r['setup']['batch']}, "
+                   f"{r['setup']['labels']} labels x {r['setup']['prompts']} prompts; {_where(r)}): {per}.")
     r = _load("extraction")
     if r:
         out.append(f"- `extraction` ({_where(r)}): end-to-end / forward-only {r['efficiency']:.2f}, peak RSS growth "

@@ -4,8 +4,7 @@ from dataclasses import dataclass
 
 from pipeline.config import ParamsError, ViewRecipe, is_a, merged_block, need, numbers, views
 from pipeline.gcd_losses import LossConfig
-
-ROUTES = ("auto", "exact", "gram", "truncated")
+from pipeline.spectral_filter import ROUTES
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,15 @@ def _concepts(model: str, dictionary: str, card: dict, f: features.Features, cla
     return names, merged, np.concatenate([_unit(emb), appended[order]])
 
 
+def old_first(old: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class id -> target id with the old classes first (0..|old|-1, in `old`'s order), then the new ones,
+    as the reference relabels before it evaluates."""
+    relabel = np.empty(n_classes, np.int64)
+    relabel[old] = np.arange(len(old))
+    relabel[np.setdiff1d(np.arange(n_classes), old)] = np.arange(len(old), n_classes)
+    return relabel
+
+
 def load(student: str, teacher: str, dataset_name: str, cfg: GCDConfig, root: Path = layout.ROOT) -> GCDInputs:
     dataset = json.loads((layout.data_dir(dataset_name, root) / "dataset.json").read_text())
     manifest = pd.read_parquet(layout.data_dir(dataset_name, root) / "manifest.parquet")
@@ -63,18 +72,14 @@ def load(student: str, teacher: str, dataset_name: str, cfg: GCDConfig, root: Pa
     feats = {m: features.load(layout.feature_dir(m, dataset_name, root), cards[m], dataset) for m in (student, teacher)}
     classnames = dataset["classnames"]
     old = gcd_protocol.old_classes(cfg.protocol.old, classnames)
-    relabel = np.empty(len(classnames), np.int64)
-    relabel[old] = np.arange(len(old))
-    relabel[np.setdiff1d(np.arange(len(classnames)), old)] = np.arange(len(old), len(classnames))
+    relabel = old_first(old, len(classnames))
     fs = feats[student]
     train = np.flatnonzero(fs.split == SPLIT_CODES["train"])
     labelled_rows = gcd_protocol.labelled_rows(fs.label[train], train, old, cfg.protocol.labelled, cfg.protocol.seed)
     s_names, concepts, s_concepts = _concepts(student, cfg.dictionary, cards[student], fs, classnames, old, root)
     t_names, _, t_concepts = _concepts(teacher, cfg.dictionary, cards[teacher], feats[teacher],
                                                       classnames, old, root)
-    if s_names != t_names:
-        raise StoreError(f"text set '{cfg.dictionary}': the teacher ({teacher}) encoded other names than the "
-                         f"student ({student}): {len(t_names)} vs {len(s_names)} names; re-run textset stages")
+    textsets.check_same_names(cfg.dictionary, {student: s_names, teacher: t_names})
     v = views.load(layout.feature_dir(student, dataset_name, root) / "gcd_views.zarr",
                    features.expected(cards[student], dataset))
     at = np.searchsorted(v.item, fs.item[train])

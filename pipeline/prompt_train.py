@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -162,7 +163,7 @@ def _save(path: Path, state: dict) -> None:
 def _read(path: Path) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, RuntimeError, EOFError, ValueError):
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):   # absent, cut short, foreign
         return None
     return state if isinstance(state, dict) and state.get("format") == FORMAT else None
 

@@ -6,8 +6,8 @@ Inputs: Y (N, C) targets in {0, 1}, NaN where a cell is ignored (`pipeline.multi
 - Scores (for AUROC), by rule: "positive" = (cos+ + 1) / 2, the reference's default; "difference" =
   (cos+ - cos- + 2) / 4 (its PRED_LOGIT_DIFF). Both are reported.
 - Predictions (for F1, subset accuracy): 1[cos+ > cos-], whatever the rule.
-- NaN cells are masked: a label's AUROC and F1 use its known rows; a row counts as an exact match when all
-  of its known cells match.
+- NaN cells are masked: a label's AUROC and F1 use its known rows; subset accuracy is over the rows with a
+  known cell, a row matching exactly when all of its known cells match.
 - A label whose known test rows hold no positive or no negative has AUROC None with the reason; the macro
   and weighted averages leave it out, with a warning, never a silent NaN. Weighted = sklearn's weighting, by
   each label's count of positives.
@@ -70,8 +70,9 @@ def evaluate(Y: np.ndarray, cos_pos: np.ndarray, cos_neg: np.ndarray, labels: Se
     known = ~np.isnan(Y)
     if known.all():
         subset = float(accuracy_score(Y, P))
-    else:   # exact match on the known cells of each row
-        subset = float(np.mean(np.all((P == Y) | ~known, axis=1)))
+    else:   # exact match on the known cells of each row that has any
+        rows = known.any(axis=1)
+        subset = float(np.mean(np.all((P == Y) | ~known, axis=1)[rows])) if rows.any() else None
     f1 = {name: float(f1_score(Y[known[:, c], c], P[known[:, c], c], zero_division=0))
           for c, name in enumerate(labels) if known[:, c].any()}
     return {"rows": len(Y), "subset_accuracy": subset,

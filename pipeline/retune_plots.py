@@ -15,7 +15,7 @@ from pipeline.plots import STYLE, _svg, gid
 def auroc_heatmap(matrix: Sequence[Sequence[float | None]], tasks: Sequence[str], labels: Sequence[str],
                   title: str) -> str:
     """SVG of `matrix` (len(tasks) x len(labels) AUROC values or None), e.g. `RetuneResult.matrix()` with
-    `RetuneResult.task_names`; colours span 0.5 (chance) to 1."""
+    `RetuneResult.task_names`; colours span 0.5 (chance) to 1, or down to the lowest value below chance."""
     values = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
     if values.shape != (len(tasks), len(labels)) or not values.size:
         raise ValueError(f"auroc_heatmap({title!r}): matrix of shape {values.shape} should be "
@@ -24,13 +24,14 @@ def auroc_heatmap(matrix: Sequence[Sequence[float | None]], tasks: Sequence[str]
         fig = Figure(figsize=(1.6 + 1.1 * len(labels), 1.2 + 0.45 * len(tasks)))
         ax = fig.add_subplot()
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.5, vmax=1.0, aspect="auto")
+        low = min(0.5, float(np.nanmin(values))) if np.isfinite(values).any() else 0.5
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=low, vmax=1.0, aspect="auto")
         image.set_gid(gid("heatmap", "auroc"))
         for i in range(len(tasks)):
             for j in range(len(labels)):
                 v = values[i, j]
                 ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
-                        color="0.2" if np.isnan(v) or v > 0.8 else "white", gid=gid("cell", f"{i}-{j}"))
+                        color="0.2" if np.isnan(v) or v > low + 0.6 * (1 - low) else "white", gid=gid("cell", f"{i}-{j}"))
         ax.set_xticks(range(len(labels)), list(labels), rotation=30, ha="right")
         ax.set_yticks(range(len(tasks)), list(tasks))
         ax.set(title=title, xlabel="label", ylabel="after task")

@@ -14,7 +14,9 @@ Given T (N images x K0 concepts, cosine / tau with tau = 0.01 already applied):
 Routes (all give the same k_e, k_c and kept concepts, up to exact ties and float round-off):
 
 - ``exact``: Sigma (one K0 x K0 matrix, built from row blocks of the logits: no N x K0 working copy) and
-  ``torch.linalg.eigh``. The reference's route; total = the sum of the K0 computed eigenvalues.
+  ``torch.linalg.eigh``. The reference's route; total = the sum of the K0 computed eigenvalues. While
+  eigh runs, LAPACK (syevd) holds its eigenvector output and workspace beside Sigma, about 4 K0 x K0
+  floats in all; Sigma is freed when it returns and only the top k_e eigenvectors are kept.
 - ``gram``: the N x N Gram matrix G = X X^T / (N - 1) has Sigma's non-zero eigenvalues; for an eigenvector
   u of G, lambda V_j^2 = (X^T u)_j^2 / (N - 1), so s needs no division by lambda. Exact; cheaper when
   N < K0 (it materialises X, N x K0, which is then smaller than one K0 x K0 matrix).
@@ -32,23 +34,24 @@ Routes (all give the same k_e, k_c and kept concepts, up to exact ties and float
   the true cumsum_{k-1}. tests/test_spectral_filter.py and bench.spectral_filter check the result
   against the exact routes. A basis spanning the range of X^T is exact; if it gets there unverified,
   the full route (below) runs instead. ``eigenvalues`` holds the Ritz values of the final basis (the
-  first k_e verified). The basis ends near 2.5 k_e columns: the cost grows with k_e, not with K0^2.
+  first k_e verified). The basis ends near 2.5-3 k_e columns: the cost grows with k_e, not with K0^2.
 - ``auto``: when min(N, K0) <= AUTO_FULL_MAX (a full eigh of that size takes a second or two) or
   beta_e = 1 (the whole spectrum counts: k_e is then the numerical rank, which round-off decides), the
   full route: ``gram`` if N < K0, else ``exact``. Otherwise ``truncated``, switching to the full route
   (recorded in `Filtered.route`, the attempt in `info["truncated_gave_up"]`) when the basis would pass
   min(N, K0) / 3 columns, i.e. k_e above ~min(N, K0) / 8: its passes over X then cost 4/3 N K0 min(N, K0)
   flops, about the full route's product, so the full route is cheaper from there. Why, measured on 2
-  cores (bench.spectral_filter, reports/bench/spectral_filter.json, synthetic CLIP-like logits): the
-  truncated route was already faster at N 50,000 x K0 4,096 (k_e 421) and 8,192 (k_e 662), and at
-  N 5,000 and 10,000 x K0 22,131 against gram (k_e 577, 758); LAPACK's eigh is ~K0^3 (6.5 s at 4,096,
-  52 s at 8,192, ~17 min extrapolated to 22,131) and the covariance product 2 N K0^2 flops, while the
-  truncated route costs ~4 N K0 flops per basis column.
+  cores (bench.spectral_filter; the figures are in reports/bench/spectral_filter.json, on synthetic
+  CLIP-like logits): truncated was faster than exact from K0 = 4,096 up (N = 50,000) and than gram from
+  N = 5,000 up (K0 = 22,131; about even there), with the same kept concepts. LAPACK's eigh grows as
+  ~K0^3 (about a minute at K0 = 8,192, a quarter of an hour or more extrapolated to 22,131) and the
+  covariance product as 2 N K0^2 flops, while the truncated route costs ~4 N K0 flops per basis column.
 
 Precision: float64 logits run in float64; anything else in float32 (as the reference) for the N x K0 and
 K0 x K0 arrays, with column means, variances (Chan's merge, float64) and all cumulative sums in float64;
 X is centred with float64 means before any product, so near-constant columns do not cancel.
-Memory: the caller's logits are never modified; softmax and centring run in row blocks of about 64 MiB.
+Memory: the caller's logits are never modified; softmax and centring run in row blocks of about 16 MiB.
+The gram and truncated routes hold X (N x K0, in the working dtype) beside the logits.
 """
 
 import time
@@ -61,7 +64,7 @@ import torch
 ROUTES = ("auto", "exact", "gram", "truncated")
 # auto: the largest min(N, K0) decomposed in full (eigh of 2,048 x 2,048 float32: ~1 s on 2 cores).
 AUTO_FULL_MAX = 2048
-BLOCK_ELEMENTS = 1 << 24          # row block of the softmax / centring passes (64 MiB in float32)
+BLOCK_ELEMENTS = 1 << 22          # row block of the softmax / centring passes (16 MiB in float32)
 _BLOCK, _GROW, _SPARE = 128, 1.25, 0.25       # truncated: Krylov block, check schedule, spare columns
 _TOL = {torch.float32: 1e-4, torch.float64: 1e-8}   # truncated: max residual / theta_1 to accept
 
@@ -107,7 +110,9 @@ def spectral_filter(logits, beta_e: float = 0.95, beta_c: float = 0.99, route: s
         raise ValueError(f"logits needs at least 2 rows (the covariance divides by N - 1), got N = {n}")
     if k0 < 1:
         raise ValueError("logits has no concept column (K0 = 0)")
-    if not isinstance(logits, (np.ndarray, torch.Tensor)):
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach()
+    elif not isinstance(logits, np.ndarray):
         logits = np.asarray(logits)
     dtype = torch.float64 if logits.dtype in (np.float64, torch.float64) else torch.float32
     device = logits.device if isinstance(logits, torch.Tensor) else torch.device("cpu")
@@ -219,7 +224,7 @@ def _column_stats(logits, dtype, device, out):
         p64 = p.to(torch.float64)
         b = stop - start
         bmean = p64.mean(0)
-        bm2 = ((p64 - bmean) ** 2).sum(0)
+        bm2 = p64.sub_(bmean).square_().sum(0)                 # in place: one float64 block at a time
         delta = bmean - mean
         mean += delta * (b / (count + b))
         m2 += bm2 + delta ** 2 * (count * b / (count + b))
@@ -346,7 +351,7 @@ def _ritz(basis, images, total, beta_e, complete, trail, tol):
     """Rayleigh-Ritz on the basis; (Ritz values, contributions) once k_e is verified, else None. Runs in
     float64 over row chunks, so no float64 copy of the whole basis is held."""
     k0, dims = basis[0].shape[0], sum(b.shape[1] for b in basis)
-    step = max(1, BLOCK_ELEMENTS // (8 * dims))
+    step = max(1, (1 << 24) // dims)                          # two float64 chunks of 128 MiB
 
     def chunks():
         for r in range(0, k0, step):

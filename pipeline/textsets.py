@@ -140,6 +140,16 @@ def encode(m: LoadedModel, names: list[str], template: str, dest: Path, staging:
     writer.finalize(dest)
 
 
+def check_same_names(set_name: str, by_model: dict[str, list[str]]) -> None:
+    """Teacher and student must have encoded the same names (distillation compares distributions over
+    them): else a StoreError naming both models and the first difference."""
+    (a, names_a), (b, names_b) = by_model.items()
+    if names_a != names_b:
+        first = next((i for i, (x, y) in enumerate(zip(names_a, names_b)) if x != y), min(len(names_a), len(names_b)))
+        raise StoreError(f"text set '{set_name}': {a} has {len(names_a)} names and {b} {len(names_b)}, first "
+                         f"difference at name {first}; re-run `dvc repro textset@{a}-{set_name}` and the teacher's")
+
+
 def load(path: Path, expect: dict) -> tuple[list[str], np.ndarray]:
     """(names, text/emb) of a complete text-set store whose provenance matches `expect`."""
     group = open_store(path, expect)

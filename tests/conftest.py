@@ -48,6 +48,21 @@ def copy_repo(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_demo_dir(tmp_path_factory) -> Path:
+    """A random-init demo-clip saved as a model directory (plumbing for tests that run its towers)."""
+    import open_clip
+    import torch
+
+    from pipeline import config, demo, models
+
+    demo.register_configs()
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("random-demo")
+    models.save(open_clip.create_model("demo-clip", pretrained=None), config.Model("demo-clip", "random"), out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory) -> Path:
     """The project copied to a temp dir, after a full default `dvc repro` (trains the demo CLIP)."""
     repo = copy_repo(tmp_path_factory.mktemp("demo") / "repo")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import config, demo, features, inversion, inversion_store, models, retrieval_variants as rv
+from pipeline import config, features, inversion, inversion_store, models, retrieval_variants as rv
 from pipeline.features import Features
 from pipeline.store import StoreError, open_store
 
@@ -21,12 +21,8 @@ CARD_KEYS = ("arch", "source", "tag", "checkpoint_sha256", "open_clip_version", 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    demo.register_configs()
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    models.save(open_clip.create_model("demo-clip", pretrained=None), config.Model("demo-clip", "random"), out)
-    return out
+def model_dir(random_demo_dir):
+    return random_demo_dir
 
 
 @pytest.fixture(scope="module")

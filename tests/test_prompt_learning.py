@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 
-from pipeline import config, demo, models
+from pipeline import config, models
 from pipeline import prompt_train as pt
 from pipeline.prompt_learner import (PromptError, PromptLearner, class_features, cosine_logits, kdpl_loss,
                                      top_k_candidates)
@@ -35,12 +35,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def m(tmp_path_factory):
-    demo.register_configs()
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    models.save(open_clip.create_model("demo-clip", pretrained=None), config.Model("demo-clip", "random"), out)
-    return models.load(out)
+def m(random_demo_dir):
+    return models.load(random_demo_dir)
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +244,18 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(m, learner, tmp_path):
     assert pt.load_context(path).settings["config"]["seed"] == 2
 
 
+def test_an_unreadable_checkpoint_is_refused_by_the_reader_and_retrained_over(m, learner, tmp_path):
+    feats, labels = separable(learner, m, n=16)
+    cfg = dataclasses.replace(FAST, epochs=1)
+    path = tmp_path / "ctx.pt"
+    path.write_bytes(b"cut short")
+    with pytest.raises(PromptError, match="is not a prompt-learning checkpoint"):
+        pt.load_context(path)
+    got = pt.train(learner, cfg, NAMES, feats, labels=labels, checkpoint=path, progress=False)
+    assert np.array_equal(got.ctx, pt.train(learner, cfg, NAMES, feats, labels=labels, progress=False).ctx)
+    assert np.array_equal(pt.load_context(path).ctx, got.ctx)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -326,3 +334,24 @@ def test_prompt_learning_runs_with_a_modified_resnet_image_tower(tmp_path):
     assert np.isfinite(learned.history).all() and not np.array_equal(learned.ctx, learner.init_ctx.numpy())
     np.testing.assert_allclose(class_features(learner, learner.init_ctx, NAMES),
                                zero_shot(rn, "a photo of a {}.", NAMES).numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["coop", "kdpl"])
+def test_a_full_batch_first_loss_is_the_objective_at_the_students_logit_scale(m, learner, method):
+    # one batch of all N images, each at its seeded view: the first loss is at the initial context
+    s_views = np.random.default_rng(0).standard_normal((20, 3, learner.dim)).astype(np.float32)
+    t_views, t_text, labels = teacher_inputs(views=3)
+    cfg = dataclasses.replace(FAST, method=method, epochs=1, batch=20)
+    got = pt.train(learner, cfg, NAMES, s_views, labels=labels, teacher_views=t_views, teacher_text=t_text,
+                   progress=False).history[0]
+    rng = np.random.default_rng([cfg.seed, 0])
+    order = rng.permutation(20)
+    view = rng.integers(3, size=20)[order]
+    student = cosine_logits(torch.as_tensor(s_views[order, view]),
+                            torch.as_tensor(class_features(learner, learner.init_ctx, NAMES)), m.logit_scale)
+    if method == "coop":
+        want = F.cross_entropy(student, torch.as_tensor(labels[order]))
+    else:
+        teacher = cosine_logits(torch.as_tensor(t_views[order, view]), torch.as_tensor(t_text), m.logit_scale)
+        want = kdpl_loss(student, teacher)[0]
+    assert got == pytest.approx(float(want), abs=1e-5)

@@ -54,6 +54,9 @@ def test_subset_accuracy_and_f1_by_hand():
     Y[1, 0] = np.nan   # the one wrong cell of row 1 ignored: row 1 now matches; label a: tp 2 -> 1
     res = evaluate(Y, cos_pos, cos_neg, LABELS)
     assert res["subset_accuracy"] == pytest.approx(3 / 4) and res["f1_per_label"]["a"] == pytest.approx(1.0)
+    unknown_row = evaluate(np.vstack([Y, np.full((1, 3), np.nan)]), np.vstack([cos_pos, -np.ones((1, 3))]),
+                           np.zeros((5, 3)), LABELS)
+    assert unknown_row["subset_accuracy"] == pytest.approx(3 / 4)   # a row without a known cell is left out
 
 
 def test_score_rules():
@@ -197,20 +200,23 @@ def test_a_class_incremental_task_sees_only_its_own_label_column():
 
 # ----------------------------------------------------------------------------- training
 
-def separable(n_train=800, n_test=400, d=16, seed=0) -> RetuneData:
-    """Each label c shifts the image feature by +-u_c (u_c random directions); the prompt embeddings are
-    unrelated random vectors, so zero-shot is near chance and an adapter can separate every label."""
+def separable(n_train=800, n_test=400, d=16, seed=0, hint=0.15) -> RetuneData:
+    """Each label c shifts the image feature by +-u_c (u_c random directions, noise of the same size); the
+    prompt embeddings are random vectors leaning on +-u_c by `hint`, so zero-shot is weak (macro AUROC ~0.5-0.6
+    here) and adapters can separate every label."""
     rng = np.random.default_rng(seed)
     u = rng.standard_normal((3, d)).astype(np.float32)
-    make = lambda n: (lambda y: ((2 * y - 1) @ u + 0.5 * rng.standard_normal((n, d)), y))(
-        rng.integers(0, 2, (n, 3)).astype(np.float32))
+
+    def make(n):
+        y = rng.integers(0, 2, (n, 3)).astype(np.float32)
+        return ((2 * y - 1) @ u + rng.standard_normal((n, d))).astype(np.float32), y
+
     (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
-    return RetuneData(LABELS, xtr.astype(np.float32), ytr, xte.astype(np.float32), yte,
-                      rng.standard_normal((3, 4, d)).astype(np.float32),
-                      rng.standard_normal((3, 4, d)).astype(np.float32))
+    prompts = lambda sign: (sign * hint * u[:, None, :] + rng.standard_normal((3, 4, d))).astype(np.float32)
+    return RetuneData(LABELS, xtr, ytr, xte, yte, prompts(1), prompts(-1))
 
 
-FAST = TrainConfig(batch=64, epochs=15, lr=3e-3, seed=0, eval_batch=128)
+FAST = TrainConfig(batch=100, epochs=6, lr=1e-2, seed=0, eval_batch=128)
 
 
 def test_zero_shot_evaluates_the_raw_embeddings():
@@ -233,7 +239,8 @@ def test_joint_training_lowers_the_loss_and_beats_zero_shot():
     rep = joint.report()
     for rule in ("positive", "difference"):
         assert rep["final"]["auroc_macro"][rule] > zero["final"]["auroc_macro"][rule] + 0.2, rule
-    assert rep["final"]["auroc_macro"]["difference"] > 0.95 and zero["final"]["auroc_macro"]["difference"] < 0.75
+        assert rep["final"]["auroc_macro"][rule] > 0.95 and zero["final"]["auroc_macro"][rule] < 0.75, rule
+    assert rep["final"]["f1_macro"] > zero["final"]["f1_macro"] + 0.2
     again = run(RetuneConfig("joint", train=FAST), data, device="cpu", progress=False)
     assert again.losses == joint.losses   # seeded
 

@@ -138,7 +138,7 @@ def test_inputs_are_not_modified_and_tensors_read_only_arrays_work():
     before = logits.copy()
     a = spectral_filter(logits, route="exact")
     np.testing.assert_array_equal(logits, before)
-    b = spectral_filter(torch.from_numpy(logits), route="gram")
+    b = spectral_filter(torch.from_numpy(logits).requires_grad_(), route="gram")
     frozen = logits.copy()
     frozen.flags.writeable = False
     c = spectral_filter(frozen, route="truncated")

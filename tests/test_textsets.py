@@ -2,21 +2,16 @@
 open_clip's encode_text, a killed encode that resumes, and the demo dictionary."""
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 
-from pipeline import config, demo, models, shapes, textsets
-from pipeline.store import open_store
+from pipeline import models, shapes, textsets
+from pipeline.store import StoreError, open_store
 
 
 @pytest.fixture(scope="module")
-def m(tmp_path_factory):
-    demo.register_configs()
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    models.save(open_clip.create_model("demo-clip", pretrained=None), config.Model("demo-clip", "random"), out)
-    return models.load(out)
+def m(random_demo_dir):
+    return models.load(random_demo_dir)
 
 
 def test_csv_dictionary_reads_the_classname_column(tmp_path):
@@ -98,3 +93,11 @@ def test_a_store_of_another_set_is_refused(m, tmp_path):
                     progress=False)
     with pytest.raises(Exception, match="text_set"):
         textsets.load(dest, textsets.expected(m.card, "other"))
+
+
+def test_teacher_and_student_sets_must_hold_the_same_names():
+    textsets.check_same_names("d", {"demo": ["a", "b"], "teacher": ["a", "b"]})
+    with pytest.raises(StoreError, match=r"text set 'd': demo has 2 names and teacher 3, first difference at name 2"):
+        textsets.check_same_names("d", {"demo": ["a", "b"], "teacher": ["a", "b", "c"]})
+    with pytest.raises(StoreError, match="first difference at name 1"):
+        textsets.check_same_names("d", {"demo": ["a", "b"], "teacher": ["a", "x"]})
