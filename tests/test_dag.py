@@ -78,3 +78,5 @@ def test_the_teacher_is_measurably_stronger_than_its_student(demo_repo):
     assert acc["demo_teacher"] > acc["demo"] + 0.02, acc
     gcd = json.loads((demo_repo / "reports" / "gcd" / "scenes.json").read_text())
     assert set(gcd) == {"kmeans_image", "kmeans_concepts", "kmeans_filtered", "simgcd", "spectralgcd", "filter"}
+    # Spectral Filtering on the teacher's logits drops the distractors no caption ever used, keeps the world's words
+    assert gcd["filter"]["distractors_kept"] <= 0.05 and gcd["filter"]["class_words_kept"] >= 0.5, gcd["filter"]
