@@ -6,9 +6,11 @@ similarity vectors, unfiltered or filtered. Fitted on every train row; test rows
 import faiss
 import numpy as np
 
+from pipeline.gcd_inputs import unit
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+    return np.ascontiguousarray(unit(x), dtype=np.float32)   # FAISS takes C-contiguous float32
 
 
 def concept_similarities(emb: np.ndarray, concepts: np.ndarray) -> np.ndarray:

@@ -40,12 +40,13 @@ class GCDInputs:
         return self.target < len(self.old)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """L2-normalised along the last axis."""
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _class_text(f: features.Features) -> np.ndarray:
-    return _unit(_unit(f.text_emb).mean(axis=1))
+    return unit(unit(f.text_emb).mean(axis=1))
 
 
 def _concepts(model: str, dictionary: str, card: dict, f: features.Features, classnames, old, root: Path):
@@ -53,7 +54,7 @@ def _concepts(model: str, dictionary: str, card: dict, f: features.Features, cla
     merged, rows = textsets.with_classes(names, [classnames[c] for c in old])
     appended = _class_text(f)[old][rows >= len(names)]
     order = np.argsort(rows[rows >= len(names)])
-    return names, merged, np.concatenate([_unit(emb), appended[order]])
+    return names, merged, np.concatenate([unit(emb), appended[order]])
 
 
 def old_first(old: np.ndarray, n_classes: int) -> np.ndarray:
@@ -86,7 +87,7 @@ def load(student: str, teacher: str, dataset_name: str, cfg: GCDConfig, root: Pa
     if (at >= len(v.item)).any() or (v.item[np.minimum(at, len(v.item) - 1)] != fs.item[train]).any():
         raise StoreError(f"gcd_views.zarr of {student}/{dataset_name} does not cover every train image: "
                          f"re-run `dvc repro gcd_views@{dataset_name}`")
-    teacher_img = _unit(feats[teacher].emb[train])
+    teacher_img = unit(feats[teacher].emb[train])
     return GCDInputs(
         classnames=classnames, old=old, target=relabel[fs.label], split=fs.split, train=train,
         labelled=np.isin(train, labelled_rows), student_emb=fs.emb, student_views=v.emb[at], concepts=concepts,

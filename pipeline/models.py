@@ -72,8 +72,8 @@ def build(entry: Model, train_data=None, progress: bool = True, init: dict | Non
 
 
 def save(model: torch.nn.Module, entry: Model, out_dir: Path, init: dict | None = None) -> dict:
-    """Write `model.pt` (state dict) and `card.json` (with `init`: the card of the model training started
-    from); return the card."""
+    """Write `model.pt` (state dict) and `card.json` (with `init`: the name and checkpoint sha256 of the model
+    training started from); return the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "model.pt.tmp"
     torch.save(model.state_dict(), tmp)
