@@ -17,6 +17,7 @@ from bench.common import context_of_repo, write_result
 from bench.fewshot_common import load, parser
 from pipeline.adapt import Draw, Inputs
 from pipeline.methods import REGISTRY
+from pipeline.methods.prompts import LearnedPrompts
 
 
 def clock(device: str) -> float:
@@ -45,8 +46,9 @@ def time_method(method, settings, inputs: Inputs, draws: list[Draw]) -> dict:
 
 def main() -> None:
     ap = parser(draw=False)
-    ap.add_argument("--methods", nargs="+", choices=list(REGISTRY), default=list(REGISTRY),
-                    help="methods to time (default: every registered one)")
+    cached = [n for n, m in REGISTRY.items() if not isinstance(m, LearnedPrompts)]   # prompt@ trains those
+    ap.add_argument("--methods", nargs="+", choices=cached, default=cached,
+                    help="methods to time (default: every registered one that reads only the cached features)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     ctx = load(args.repo.resolve(), args.model, args.dataset, args.methods)

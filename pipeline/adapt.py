@@ -51,13 +51,13 @@ def _finite(name: str, array: np.ndarray) -> None:
 class Inputs:
     """One (model, dataset)'s cached arrays, as float32 tensors on `device` where methods need them."""
 
-    def __init__(self, feats: Features, views: Views | None, device: str = "cpu"):
+    def __init__(self, feats: Features, views: Views | None, device: str = "cpu", prompts=None):
         for name in ("pre", "emb", "text_pre", "text_emb", "W_img", "W_txt"):
             _finite(name, getattr(feats, name))
         if views is not None:
             _finite("view/emb", views.emb)
             _finite("flip/emb", views.flip)
-        self.feats, self.views, self.device = feats, views, device
+        self.feats, self.views, self.device, self.prompts = feats, views, device, prompts
         self.num_classes = feats.text_emb.shape[0]
         self.rows = {s: np.flatnonzero(feats.split == SPLIT_CODES[s]) for s in EVAL_SPLITS}
         self.query = {s: self.tensor(feats.emb[r]) for s, r in self.rows.items()}
@@ -95,17 +95,20 @@ def spectra(feats: Features, atol: float | None) -> tuple[dict, dict]:
     return arrays, attrs
 
 
-def run(feats: Features, fewshot: dict, views: Views | None, cfg: Methods, device: str = "cpu") -> tuple[dict, dict]:
+def run(feats: Features, fewshot: dict, views: Views | None, cfg: Methods, device: str = "cpu",
+        prompts=None) -> tuple[dict, dict]:
     """Every enabled method's components for every draw; returns (arrays, attrs) for logits.zarr.
 
     Choices are made on each draw's val rows only (`Draw.q_val`, `Draw.y_val`); test components are
     computed afterwards from the chosen knobs, so test never influences a choice.
     """
     methods = [(REGISTRY[name], cfg.settings[name]) for name in cfg.enabled]
-    wanting = [m.name for m, c in methods if "views" in m.needs(c)]
-    if views is None and wanting:
-        raise InputError(f"methods {wanting} need augmented views (views.zarr) but none were given")
-    inputs = Inputs(feats, views, device)
+    for need, given, what in (("views", views, "augmented views (views.zarr)"),
+                              ("prompts", prompts, "learned prompts (prompt@'s store)")):
+        wanting = [m.name for m, c in methods if need in m.needs(c)]
+        if given is None and wanting:
+            raise InputError(f"methods {wanting} need {what} but none were given")
+    inputs = Inputs(feats, views, device, prompts)
     semo = cfg.settings.get("semobridge")
     arrays, attrs = spectra(feats, semo.atol if semo else None)
     choices, checkpoints = {}, {}

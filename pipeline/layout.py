@@ -69,6 +69,22 @@ def textset_staging(model: str, name: str, root: Path = ROOT) -> Path:
     return Path(root) / "features" / ".staging" / model / "textsets" / f"{name}.zarr"
 
 
+def prompt_store(model: str, dataset: str, root: Path = ROOT) -> Path:
+    """The learned contexts of prompt@{model}-{dataset}; prompt_transfer@ reads every store of the model."""
+    return Path(root) / "features" / model / "prompts" / f"{dataset}.zarr"
+
+
+def prompt_staging(model: str, dataset: str, root: Path = ROOT) -> Path:
+    """Work area of prompt@: the store being written and each run's resumable checkpoint (runs/)."""
+    return Path(root) / "features" / ".staging" / model / "prompts" / dataset
+
+
+def prompt_report(model: str, dataset: str, root: Path = ROOT) -> Path:
+    """Stem of prompt@'s base-to-novel outputs (`.json`, `.details.json`, `.svg`); prompt_transfer@ adds
+    `-transfer` to the target's."""
+    return Path(root) / "reports" / "prompt" / f"{model}-{dataset}"
+
+
 def gcd_report(dataset: str, root: Path = ROOT) -> Path:
     """Stem of the category-discovery outputs; add `.json`, `.details.json`, `.csv` or `.svg`."""
     return Path(root) / "reports" / "gcd" / dataset

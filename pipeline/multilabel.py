@@ -28,11 +28,6 @@ CHOICES = ("zeros", "ones", "ignore")
 VALUE = {"zeros": 0.0, "ones": 1.0, "ignore": math.nan}
 SHOWN = 5   # bad cells / missing images named in an error (then the count)
 
-# The reference's prompts (DataRetrieval.create_prompts); "{}" is the label name as written in the CSV.
-POSITIVE_TEMPLATES = ("Findings consistent with {}", "Findings suggesting {}", "This opacity can represent {}",
-                      "Findings are most compatible with {}")
-NEGATIVE_TEMPLATES = ("There is no {}", "No evidence of {}", "No evidence of acute {}", "No signs of {}")
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -61,14 +56,6 @@ def policy_of(value, where: str | None = None) -> Policy:
     if where:
         raise ParamsError(f"params.yaml: '{where}' = {value!r} should be {expected}")
     raise ValueError(f"label policy {value!r} should be {expected}")
-
-
-def prompt_texts(labels: Sequence[str], single: bool = False) -> tuple[list[list[str]], list[list[str]]]:
-    """Positive and negative prompts per label (C lists of J texts); `single`: the one-prompt variant
-    ("Findings suggesting c" / "No evidence of c")."""
-    pos = POSITIVE_TEMPLATES[1:2] if single else POSITIVE_TEMPLATES
-    neg = NEGATIVE_TEMPLATES[1:2] if single else NEGATIVE_TEMPLATES
-    return [[t.format(c) for t in pos] for c in labels], [[t.format(c) for t in neg] for c in labels]
 
 
 def _cell(text: str) -> float | None:

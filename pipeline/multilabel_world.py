@@ -1,9 +1,10 @@
 """A multi-label demo world for RE-tune (METHODS.md §15.4): each image shows any subset of five object types,
-and a caption states what is there and, sometimes, what is not ("no square"), so that a negative prompt
-means something to a demo CLIP pre-trained on such captions.
+and a caption states some of what is there and, sometimes, what is not ("no square"), so that a negative prompt
+means something to the demo CLIP fine-tuned on such captions (`pipeline.multilabel_demo`).
 
-Not wired into the DAG yet: the next step is a demo model that reads these captions (a fine-tuned entry like
-the teacher, or a pre-training world) and a `prepare` kind that writes the label matrix.
+Captions must fit demo-clip's 16-token context (start and end tokens included; every word and punctuation mark
+of this world is one token): clauses are shuffled and the last ones dropped until the caption fits, so a caption
+never states something false but may leave things out (a truncated caption would lose its absences).
 """
 
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from pipeline.layout import SPLITS
 from pipeline.shapes import COLOURS, IMAGE_SIZE, SHAPES, _camera, _draw_object
 
 LABELS = ("circle", "square", "triangle", "star", "cross")   # the findings: present or absent
-TEMPLATE = "a photo of {}."
+PREFIXES = ("", "a photo of ", "a picture of ", "an image of ")
+BUDGET = 14   # tokens a caption may hold: demo-clip's context of 16 minus the start and end tokens
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,26 @@ def sample(seed: int, split: str, index: int, p_present: float = 0.4, blur: floa
     return render(np.random.default_rng([seed, SPLITS.index(split), index, 2]), p_present, blur)
 
 
-def caption(scene: MultiScene, rng: np.random.Generator, mention_absent: float = 0.5) -> str:
-    """"a photo of a red circle and a blue star, no square." : every present object with its colour, and each
-    absent label stated as "no <label>" with probability `mention_absent`."""
+def caption(scene: MultiScene, rng: np.random.Generator, mention_absent: float = 0.5, colour: float = 0.5,
+            budget: int = BUDGET) -> str:
+    """"a photo of a red circle, no square, a star." : a random prefix (PREFIXES), then in random order each
+    present object ("a star", its colour named with probability `colour`) and each absent label stated as
+    "no <label>" with probability `mention_absent`; clauses beyond `budget` tokens are dropped."""
     names = list(COLOURS)
-    there = [f"a {names[c]} {label}" for label, c in zip(LABELS, scene.colours) if c is not None]
-    absent = [f"no {label}" for label, c in zip(LABELS, scene.colours) if c is None and rng.random() < mention_absent]
-    text = " and ".join(there) if there else "an empty background"
-    return TEMPLATE.format(", ".join([text, *absent]))
+    clauses = [f"a {names[c]} {label}" if rng.random() < colour else f"a {label}"
+               for label, c in zip(LABELS, scene.colours) if c is not None]
+    clauses += [f"no {label}" for label, c in zip(LABELS, scene.colours) if c is None and rng.random() < mention_absent]
+    prefix = PREFIXES[int(rng.integers(len(PREFIXES)))]
+    kept, used = [], len(prefix.split()) + 1          # the final "."
+    for clause in (clauses[i] for i in rng.permutation(len(clauses))):
+        cost = len(clause.split()) + (1 if kept else 0)   # its words and the "," before it
+        if used + cost > budget:
+            break
+        kept.append(clause)
+        used += cost
+    if clauses and not kept:
+        raise ValueError(f"a caption budget of {budget} tokens holds no clause after {prefix!r}")
+    return prefix + (", ".join(kept) if kept else "an empty background") + "."
 
 
 def label_matrix(scenes: list[MultiScene]) -> np.ndarray:

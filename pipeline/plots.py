@@ -72,17 +72,17 @@ def retrieval_map(variants: Mapping[str, Mapping], title: str) -> str:
         return _svg(fig)
 
 
-def gcd_accuracy(table: Mapping[str, Mapping], title: str) -> str:
-    """Grouped horizontal bars of All / Old / New accuracy (%) per method with std error bars; `table` maps a
-    method to {"all": .., "all_std": .., "old": .., ...} (parts without rows are left out)."""
+def grouped_bars(table: Mapping[str, Mapping], parts: Sequence[str], xlabel: str, title: str) -> str:
+    """Grouped horizontal bars of accuracy (%) per method and part with std error bars; `table` maps a method
+    to {part: .., part + "_std": ..} (a part a method lacks is drawn at 0)."""
     if not table:
-        raise ValueError(f"gcd_accuracy({title!r}): no method to plot")
-    parts, height = ("all", "old", "new"), 0.27
+        raise ValueError(f"grouped_bars({title!r}): no method to plot")
+    height = 0.81 / len(parts)
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(6.4, 1.0 + 0.6 * len(table)))
         ax = fig.add_subplot()
         for j, part in enumerate(parts):
-            y = [i + (j - 1) * height for i in range(len(table))]
+            y = [i + (j - (len(parts) - 1) / 2) * height for i in range(len(table))]
             vals = [m.get(part, 0.0) for m in table.values()]
             bars = ax.barh(y, vals, height, xerr=[m.get(f"{part}_std", 0.0) for m in table.values()], capsize=2,
                            label=part)
@@ -90,9 +90,29 @@ def gcd_accuracy(table: Mapping[str, Mapping], title: str) -> str:
                 bar.set_gid(gid("bar", f"{method}-{part}"))
         ax.set_yticks(range(len(table)), list(table))
         ax.invert_yaxis()
-        ax.set(title=title, xlim=(0, 100), xlabel="clustering accuracy (%), Hungarian over all rows (v2)")
+        ax.set(title=title, xlim=(0, 100), xlabel=xlabel)
         ax.legend(loc="lower right")
         return _svg(fig)
+
+
+def gcd_accuracy(table: Mapping[str, Mapping], title: str) -> str:
+    """All / Old / New clustering accuracy per method (`grouped_bars`)."""
+    return grouped_bars(table, ("all", "old", "new"), "clustering accuracy (%), Hungarian over all rows (v2)", title)
+
+
+def base_to_novel(metrics: Mapping[str, Mapping], title: str) -> str:
+    """Base / novel / HM test accuracy per method at the largest shot count `pipeline.prompt_run.summarise`
+    reports (zero-shot has no shots)."""
+    table = {}
+    for method, result in metrics.items():
+        if method == "zeroshot":
+            table["zero-shot"] = dict(result)
+            continue
+        shots = max(result, key=lambda k: int(k.split("_")[1]))
+        table[f"{method} ({shots.replace('_', ' ')})"] = {
+            **{part: v["mean"] for part, v in result[shots].items()},
+            **{f"{part}_std": v["std"] for part, v in result[shots].items()}}
+    return grouped_bars(table, ("base", "novel", "hm"), "test accuracy (%); HM = 2BN / (B + N)", title)
 
 
 def spectrum(s_txt: np.ndarray, s_psi: np.ndarray, atol: float | None, gap: float, title: str) -> str:

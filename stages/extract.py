@@ -13,8 +13,9 @@ from common import ROOT, args, stage_params
 from pipeline import config, extract, features, layout, models, runtime
 
 model_name, dataset_name = args(__doc__, "model", "dataset")
-p = stage_params(f"extract@{model_name}-{dataset_name}", f"teacher_extract@{dataset_name}")
-# the teacher's stage declares no `extract.tokens`: category discovery reads no patch tokens
+p = stage_params(f"extract@{model_name}-{dataset_name}", f"teacher_extract@{dataset_name}",
+                 f"retune_extract@{dataset_name}")
+# the teacher's and retune's stages declare no `extract.tokens`: their methods read no patch tokens
 precision = config.precision(p)
 tokens = config.token_precision(p, dataset_name) if "tokens" in p["extract"] else None
 device, knobs = runtime.device(), runtime.settings(ROOT)

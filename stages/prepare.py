@@ -1,4 +1,4 @@
-"""prepare@{dataset}: build data/<dataset>/manifest.parquet and dataset.json.
+"""prepare@{dataset} (and retune_prepare@{dataset}): build data/<dataset>/manifest.parquet and dataset.json.
 
 usage: python stages/prepare.py <dataset>
 """
@@ -6,13 +6,17 @@ usage: python stages/prepare.py <dataset>
 import shutil
 
 from common import ROOT, args, stage_params
-from pipeline import config, datasets, layout, shapes
+from pipeline import config, datasets, layout, multilabel_data, shapes
 from pipeline.folder_datasets import folder_manifest
 from pipeline.io import atomic_write_json
 from pipeline.webdataset_datasets import webdataset_manifest
 
 (name,) = args(__doc__, "dataset")
-cfg = config.dataset(stage_params(f"prepare@{name}"), name, datasets.COOP)
+params = stage_params(f"prepare@{name}", f"retune_prepare@{name}")
+if multilabel_data.is_multilabel(params, name):   # RE-tune's kinds: the N x C label matrix in the manifest
+    multilabel_data.prepare(multilabel_data.dataset(params, name), layout.data_dir(name), ROOT)
+    raise SystemExit
+cfg = config.dataset(params, name, datasets.COOP)
 out = layout.data_dir(name)
 tmp = out.with_name(out.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""views@{model}-{dataset}: seeded augmented views of every drawn train image -> features/<model>/<dataset>/views.zarr;
+"""views@{model}-{dataset}: seeded augmented views of every drawn train image -> features/<model>/<dataset>/views.zarr
+(teacher_views@{dataset}: the same views through `distill.teacher`, for KDPL);
 gcd_views@{dataset}: of every train image, for category discovery -> .../gcd_views.zarr.
 
 usage: python stages/views.py <fewshot|gcd> <model> <dataset>
@@ -22,7 +23,7 @@ if kind == "gcd":
     recipe, store = config.views(p, "gcd.views", min_views=2), "gcd_views.zarr"
     items = np.sort(manifest.loc[manifest["split"] == "train", "item"].to_numpy())
 else:
-    p = stage_params(f"views@{model_name}-{dataset_name}")
+    p = stage_params(f"views@{model_name}-{dataset_name}", f"teacher_views@{dataset_name}")
     recipe, store = config.views(p), "views.zarr"
     items = draws.train_items(draws.load(layout.fewshot_file(dataset_name), dataset["manifest_sha256"]))
 precision = config.precision(p)

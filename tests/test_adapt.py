@@ -170,14 +170,14 @@ def test_overrides_merge_per_dataset():
 
 
 @pytest.mark.parametrize("change, key", [
-    ({"enabled": ["zeroshot", "coop"]}, "methods.enabled"),
+    ({"enabled": ["zeroshot", "cocoop"]}, "methods.enabled"),
     ({"enabled": []}, "methods.enabled"),
     ({"tip": {"scales": [7], "steps": [200, 20]}}, "methods.tip.scales"),
     ({"tip": {"scales": [7, 3], "steps": [200, 2.5]}}, "methods.tip.steps"),
     ({"tip": {"scales": [-7, 3], "steps": [200, 20]}}, "methods.tip.scales"),
     ({"tip": {"scales": [7, 3], "steps": [200, True]}}, "methods.tip.steps"),
     ({"overrides": {"toy": {"tip": {"scales": [7, -1]}}}}, r"methods.tip \(with methods.overrides.toy\).scales"),
-    ({"overrides": {"toy": {"coop": {"ctx": 4}}}}, "methods.overrides.toy.coop"),
+    ({"overrides": {"toy": {"cocoop": {"ctx": 4}}}}, "methods.overrides.toy.cocoop"),
     ({"ape": {**METHODS["ape"], "channels": 1.5}}, "methods.ape.channels"),
     ({"ape": {**METHODS["ape"], "channels": 0}}, "methods.ape.channels"),
     ({"ape": {**METHODS["ape"], "channels": -0.5}}, "methods.ape.channels"),

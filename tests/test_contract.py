@@ -14,12 +14,23 @@ pytestmark = pytest.mark.timeout(120)
 NAMES = sorted(REGISTRY)
 
 
+class ToyPrompts:
+    """Stands in for prompt@'s store: per (method, draw) class text features near the zero-shot prompts."""
+
+    def __init__(self, feats):
+        self.text_emb = feats.text_emb.mean(axis=1)
+
+    def text(self, method: str, key: str) -> np.ndarray:
+        noise = np.random.default_rng(sum(map(ord, method + key))).normal(size=self.text_emb.shape)
+        return (self.text_emb + 0.1 * noise).astype(np.float32)
+
+
 def run_one(name: str, feats=None, views_of=None):
     feats = feats or toy_features()
     fewshot = toy_fewshot()
     settings = config.methods({"methods": {**METHODS, "enabled": [name]}}, "toy-arch", "toy", REGISTRY)
     views = toy_views(views_of or feats, fewshot)
-    return fewshot, adapt.run(feats, fewshot, views, settings)
+    return fewshot, adapt.run(feats, fewshot, views, settings, prompts=ToyPrompts(feats))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +39,8 @@ def runs():
 
 
 def test_registry_names_are_the_modules_names():
-    assert list(REGISTRY) == ["zeroshot", "ncm", "isoncm", "tip", "ape", "semobridge", "semobridge_t"]
+    assert list(REGISTRY) == ["zeroshot", "ncm", "isoncm", "tip", "ape", "semobridge", "semobridge_t", "coop", "kdpl",
+                              "kdpl_ca"]
     for name, method in REGISTRY.items():
         assert method.name == name and method.label
         assert set(method.knobs).isdisjoint(method.weights)
@@ -97,3 +109,12 @@ def test_missing_views_are_named(name):
     settings = config.methods({"methods": {**METHODS, "enabled": [name]}}, "toy-arch", "toy", REGISTRY)
     with pytest.raises(adapt.InputError, match=rf"\['{name}'\] need augmented views"):
         adapt.run(feats, fewshot, None, settings)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "prompts" in REGISTRY[n].needs(
+    config.methods({"methods": {**METHODS, "enabled": [n]}}, "toy-arch", "toy", REGISTRY).settings[n])])
+def test_missing_prompts_are_named(name):
+    feats, fewshot = toy_features(), toy_fewshot()
+    settings = config.methods({"methods": {**METHODS, "enabled": [name]}}, "toy-arch", "toy", REGISTRY)
+    with pytest.raises(adapt.InputError, match=rf"\['{name}'\] need learned prompts \(prompt@'s store\)"):
+        adapt.run(feats, fewshot, toy_views(feats, fewshot), settings)

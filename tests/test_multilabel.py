@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ParamsError
 from pipeline.datasets import DatasetError
-from pipeline.multilabel import CHEXPERT_COMPETITION, Policy, policy_of, prompt_texts, read_labels_csv
+from pipeline.multilabel import CHEXPERT_COMPETITION, Policy, policy_of, read_labels_csv
 
 # CheXpert's header (train.csv), competition labels among the others.
 HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Atelectasis,Cardiomegaly,Consolidation,Edema,"
@@ -110,10 +110,3 @@ def test_bad_policies():
             policy_of(bad)
     with pytest.raises(ParamsError, match=r"'retune.policy' = 'U-Ones' should be one of"):
         policy_of("U-Ones", where="retune.policy")
-
-
-def test_prompt_texts_are_the_references():
-    pos, neg = prompt_texts(["Edema", "Pleural Effusion"])
-    assert len(pos) == len(neg) == 2 and len(pos[0]) == len(neg[0]) == 4
-    assert pos[1][0] == "Findings consistent with Pleural Effusion" and neg[0][2] == "No evidence of acute Edema"
-    assert prompt_texts(["Edema"], single=True) == ([["Findings suggesting Edema"]], [["No evidence of Edema"]])

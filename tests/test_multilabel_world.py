@@ -2,6 +2,7 @@
 drawn only where present, and captions that state exactly the present objects and some absences."""
 
 import numpy as np
+import open_clip
 
 from pipeline import multilabel_world as mw
 
@@ -30,13 +31,38 @@ def test_an_image_with_nothing_present_is_the_background_alone():
     assert (np.asarray(full) != background).any(axis=-1).mean() > 0.05   # five objects drawn over it
 
 
-def test_captions_name_every_present_object_and_only_absent_ones_as_absent():
+def test_captions_state_only_the_truth_and_fit_the_demo_context():
+    from pipeline import demo
+
+    demo.register_configs()
+    tokenizer = open_clip.get_tokenizer("demo-clip")
     rng = np.random.default_rng(0)
-    for i in range(200):
+    absences = 0
+    for i in range(300):
         _, scene = mw.sample(1, "train", i)
         text = mw.caption(scene, rng, mention_absent=1.0)
-        for label, present in zip(mw.LABELS, scene.present):
-            assert (f"no {label}" in text) == (not present), text
-            assert (f" {label}" in text.replace(f"no {label}", "")) == present, text
-    assert mw.caption(mw.MultiScene((None,) * 5), rng, 0.0) == "a photo of an empty background."
-    assert mw.caption(mw.MultiScene((0, None, None, 2, None)), rng, 0.0) == "a photo of a red circle and a blue star."
+        assert len(tokenizer.encode(text)) <= mw.BUDGET, text   # + start and end = the 16-token context
+        body = text[len(next(p for p in sorted(mw.PREFIXES, key=len, reverse=True) if text.startswith(p))):-1]
+        for clause in body.split(", "):
+            words = clause.split()
+            if words[0] == "no":
+                assert not scene.present[mw.LABELS.index(words[1])], text
+                absences += 1
+            elif clause != "an empty background":
+                assert scene.present[mw.LABELS.index(words[-1])], text
+                assert len(words) == 2 or list(mw.COLOURS)[scene.colours[mw.LABELS.index(words[-1])]] == words[1]
+    assert absences > 300   # absences survive the budget (about 3 per image are absent)
+
+
+def test_caption_parts_and_dropping_by_budget():
+    rng = np.random.default_rng(0)
+    assert {mw.caption(mw.MultiScene((None,) * 5), rng, 0.0) for _ in range(40)} == {
+        p + "an empty background." for p in mw.PREFIXES}
+    every = mw.MultiScene((0, 1, 2, 3, 4))
+    tokens = lambda t: len(t.replace(",", " ,").replace(".", " .").split())
+    texts = [mw.caption(every, rng, 0.0, colour=1.0, budget=8) for _ in range(40)]
+    assert all(tokens(t) <= 8 for t in texts)
+    # no prefix: two 3-token clauses, the comma and the period fill 8; after "a photo of" only one fits
+    assert {t.count(",") for t in texts if not t.startswith(("a photo", "a picture", "an image"))} == {1}
+    assert {t.count(",") for t in texts if t.startswith(("a photo", "a picture", "an image"))} == {0}
+    assert all("no " not in t for t in texts)

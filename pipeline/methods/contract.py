@@ -20,10 +20,11 @@ logits.zarr holds `<name>/<draw key>/<component>/{val,test}` (N, C) arrays (`pip
 so fuse pairs weights with components by name, never by position. `pipeline.adapt.Inputs` and `Draw`
 are what `setup` and `fit` receive.
 
-Methods that train on cached features (SeMoBridge-T, prompt learners) train inside `fit` and record their
-best step and seconds in `Fit.choice`. Methods that run the network (OTI/OVI) run in a stage of their own
-that writes a cached store; their `needs` names that store, `adapt` lists it as a dep and hands it over in
-`Inputs`, and `fit` reads it like the views.
+Methods that train on cached features alone (SeMoBridge-T) train inside `fit` and record their best step
+and seconds in `Fit.choice`. Methods that run the network (OTI/OVI, and the prompt learners, whose text
+tower is in the loop) run in a stage of their own that writes a cached store; their `needs` names it
+("prompts": `prompt@`'s store), `adapt` lists it as a dep and hands it over in `Inputs`, and `fit` reads it
+like the views.
 """
 
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Callable
 import torch
 
 EVAL_SPLITS = ("val", "test")
-INPUTS = ("views",)
+INPUTS = ("views", "prompts")
 
 
 @dataclass
