@@ -2,7 +2,8 @@
 
 usage: python -m bench.closed_form [--repo .] [--model demo] [--dataset shapes] [--methods NAME ...]
 Needs a reproduced repo. Builds `pipeline.adapt.Inputs` once and every draw of fewshot.json as a
-`pipeline.adapt.Draw` once; then for each method (default: every one in `pipeline.methods.REGISTRY`, with
+`pipeline.adapt.Draw` once; then for each method (default: every one in `pipeline.methods.REGISTRY` but the
+learned prompts, which `prompt@` trains, with
 its params block; `--methods` picks some): `setup` once, and per draw (one fit, draw None, for draw-free
 methods such as zero-shot) `fit`, which runs the method's val search (Tip's grid, APE's grid at params'
 steps, SeMoBridge's random rows), then `components("test")`. Reports seconds of each phase and their total

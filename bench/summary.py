@@ -109,6 +109,16 @@ def lines() -> list[str]:
                         f"for a {v['row_array_mib']:.0f} MiB row array" for d, v in r["per_dim"].items())
         out.append(f"- `retune_epoch` ({r['setup']['rows']} synthetic rows, batch {r['setup']['batch']}, "
                    f"{r['setup']['labels']} labels x {r['setup']['prompts']} prompts; {_where(r)}): {per}.")
+    r = _load("prompt_training")
+    if r:
+        per = "; ".join(
+            f"{name} ({v['classes']} classes, {v['steps_per_epoch']} steps per epoch): " + ", ".join(
+                f"{m.upper() if m == 'kdpl' else 'CoOp'} {v[m]['cached_s_per_step']} s per step cached, "
+                f"{v[m]['with_towers_s_per_step']} s with the image tower{'s' if m == 'kdpl' else ''} = "
+                f"{v[m]['ratio']}x, {v[m]['run_s_cached']:.0f} / {v[m]['run_s_with_towers']:.0f} s per run"
+                for m in ("coop", "kdpl")) for name, v in r["per_model"].items())
+        out.append(f"- `prompt_training` ({r['shots']} shots x {r['views']} views, batch {r['batch']}, runs of "
+                   f"{r['reference_epochs']} epochs from {r['measured_epochs']} measured; {_where(r)}): {per}.")
     r = _load("extraction")
     if r:
         out.append(f"- `extraction` ({_where(r)}): end-to-end / forward-only {r['efficiency']:.2f}, peak RSS growth "
