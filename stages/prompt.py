@@ -28,8 +28,9 @@ arrays, attrs, rows = prompt_run.run(learner, inputs, cfg, staging / "runs")
 provenance = {**{k: student.card[k] for k in features.MODEL_KEYS}, "dataset": dataset_name,
               "manifest_sha256": inputs.fewshot["manifest_sha256"], "teacher": teacher_name,
               "teacher_checkpoint_sha256": teacher.card["checkpoint_sha256"]}
+timeless = {k: {"loss": v["loss"]} for k, v in attrs["history"].items()}   # the same inputs give the same bytes
 write_store(layout.prompt_store(model_name, dataset_name), staging / "store", provenance, arrays,
-            {**attrs, "teacher": teacher_name})
+            {**attrs, "history": timeless, "teacher": teacher_name})
 shutil.rmtree(staging / "runs", ignore_errors=True)   # finished: the store holds every context
 
 out = layout.prompt_report(model_name, dataset_name)
