@@ -121,8 +121,18 @@ def lines() -> list[str]:
                    f"{r['reference_epochs']} epochs from {r['measured_epochs']} measured; {_where(r)}): {per}.")
     r = _load("extraction")
     if r:
-        out.append(f"- `extraction` ({_where(r)}): end-to-end / forward-only {r['efficiency']:.2f}, peak RSS growth "
-                   f"{100 * r['rss_growth']:.1f}% from {' to '.join(r['peak_rss_mib'])} images.")
+        by = ", ".join(f"{w} {v['median']:.2f}" for w, v in r["efficiency_by_workers"].items())
+        out.append(f"- `extraction` ({r['model']}, {r['images']} EuroSAT images, median of {r['rounds']} alternated "
+                   f"rounds; {_where(r)}): end-to-end / forward-only {r['efficiency']:.2f} at the default "
+                   f"{r['workers']} loader workers (by workers: {by}); peak RSS growth {100 * r['rss_growth']:.1f}% from "
+                   f"{' to '.join(r['peak_rss_mib'])} images; {r['max_files_per_array']} files per array at "
+                   f"{r['rows']} rows.")
+    r = _load("torchrun_extraction")
+    if r:
+        out.append(f"- `torchrun_extraction` ({r['images']} EuroSAT images, {r['shard_rows']}-row shards, {r['model']}; "
+                   f"{_where(r)}): {r['nproc']} gloo processes / 1: {r['speedup']:.2f}x ({r['one_process']['seconds']:.0f} s "
+                   f"-> {r['torchrun']['seconds']:.0f} s; {r['speedup_wall']:.2f}x with the launch), identical bytes: "
+                   f"{r['identical_bytes']}.")
     r = _load("verify")
     if r:
         out.append(f"- `verify` ({_where(r)}): " + ", ".join(f"{k} {v}" for k, v in r.get("summary", {}).items()) + ".")

@@ -17,9 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.layout import SPLIT_CODES
 from open_clip.transformer import VisionTransformer
 
+from pipeline.distributed import World
+from pipeline.layout import SPLIT_CODES
 from pipeline.models import LoadedModel
 from pipeline.store import SHARD_ROWS, ShardedWriter, write_store
 
@@ -156,28 +157,38 @@ def image_store_layout(m: LoadedModel, manifest: pd.DataFrame, tokens: str | Non
     return rows, small
 
 
-def _shard_batches(writer: ShardedWriter, batch_size: int) -> list[list[int]]:
+def _shard_batches(writer: ShardedWriter, shards: list[int], batch_size: int) -> list[list[int]]:
     batches = []
-    for shard in writer.pending():
+    for shard in shards:
         start, stop = writer.shard_range(shard)
         batches += [list(range(i, min(i + batch_size, stop))) for i in range(start, stop, batch_size)]
     return batches
 
 
+def _open_writer(world: World, staging: Path, provenance: dict, rows: dict, small: dict,
+                 shard_rows: int) -> ShardedWriter:
+    """Rank 0 creates (or resumes) the staging store at its final size; the other ranks join it after."""
+    writer = ShardedWriter(staging, provenance, rows, small, shard_rows) if world.rank == 0 else None
+    world.barrier()
+    return writer or ShardedWriter(staging, provenance, rows, small, shard_rows, create=False)
+
+
 def extract_images(m: LoadedModel, manifest: pd.DataFrame, root: Path, dest: Path, staging: Path,
                    provenance: dict, *, batch_size: int = 64, workers: int = 2, device: str = "cpu",
                    precision: str = "fp32", tokens: str | None = None, shard_rows: int = SHARD_ROWS,
-                   progress: bool = True) -> None:
+                   progress: bool = True, world: World = World()) -> None:
     """Extract image/pre and image/emb (and with `tokens`, image/tokens) for every manifest row into `dest`
-    (via `staging`, resumable)."""
+    (via `staging`, resumable). Under torchrun (`world`), each rank computes the pending shards it owns and
+    rank 0 moves the store to `dest` once every rank is done: the store does not depend on the world size."""
     rows, small = image_store_layout(m, manifest, tokens)
-    writer = ShardedWriter(staging, provenance, rows, small, shard_rows)
+    writer = _open_writer(world, staging, provenance, rows, small, shard_rows)
+    pending = [s for s in writer.pending() if world.owns(s)]
     loader = DataLoader(ImageFiles(root, manifest["path"].tolist(), m.preprocess),
-                        batch_sampler=_shard_batches(writer, batch_size), num_workers=workers,
+                        batch_sampler=_shard_batches(writer, pending, batch_size), num_workers=workers,
                         pin_memory=device == "cuda", persistent_workers=False)
-    pending = writer.pending()
-    bar = tqdm(total=writer.pending_rows(),
-               desc=f"extract {dest.parent.name}", unit="img", disable=not progress)
+    rank = f" (rank {world.rank} of {world.size})" if world.size > 1 else ""
+    bar = tqdm(total=writer.pending_rows(pending),
+               desc=f"extract {dest.parent.name}{rank}", unit="img", disable=not progress)
     buffers, shard_iter = [], iter(pending)
     shard = next(shard_iter, None)
     with torch.no_grad():
@@ -196,7 +207,10 @@ def extract_images(m: LoadedModel, manifest: pd.DataFrame, root: Path, dest: Pat
                 writer.write_shard(shard, {k: np.concatenate([b[k] for b in buffers]) for k in buffers[0]})
                 buffers, shard = [], next(shard_iter, None)
     bar.close()
-    writer.finalize(dest)
+    world.barrier()
+    if world.rank == 0:
+        writer.finalize(dest)
+    world.barrier()   # no rank returns before the store is in place (DVC may run on any machine's rank)
 
 
 def expand_templates(names: list[str], dataset_template: str) -> list[str]:

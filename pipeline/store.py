@@ -80,8 +80,9 @@ class ShardedWriter:
     """Writes a store in `staging`, shard by shard; `finalize` moves it to its destination."""
 
     def __init__(self, staging: Path, provenance: dict, rows: dict[str, tuple], small: dict[str, np.ndarray],
-                 shard_rows: int = SHARD_ROWS):
-        """`rows`: name -> (shape, dtype) of row-sharded arrays (same N); `small`: arrays written at once."""
+                 shard_rows: int = SHARD_ROWS, create: bool = True):
+        """`rows`: name -> (shape, dtype) of row-sharded arrays (same N); `small`: arrays written at once.
+        `create=False` (torchrun's ranks but 0) joins the staging store another process created, or fails."""
         self.staging = Path(staging)
         self.progress = self.staging.with_name(self.staging.name + ".progress")
         self.shard_rows = shard_rows
@@ -90,6 +91,9 @@ class ShardedWriter:
         if self._resumable(provenance):
             self.group = zarr.open_group(self.staging, mode="r+")
             return
+        if not create:
+            raise StoreError(f"{self.staging}: no staging store with this provenance and shard size to join "
+                             f"(rank 0 creates it before the other ranks open it)")
         shutil.rmtree(self.staging, ignore_errors=True)
         shutil.rmtree(self.progress, ignore_errors=True)
         self.group = zarr.open_group(self.staging, mode="w")
@@ -117,9 +121,9 @@ class ShardedWriter:
         """Shards not yet written, in order."""
         return [s for s in range(self.n_shards) if not (self.progress / f"{s:06d}.done").exists()]
 
-    def pending_rows(self) -> int:
-        """Rows still to write (a progress bar's total)."""
-        return sum(stop - start for start, stop in map(self.shard_range, self.pending()))
+    def pending_rows(self, shards: list[int] | None = None) -> int:
+        """Rows of `shards` (default: every pending one) still to write: a progress bar's total."""
+        return sum(stop - start for start, stop in map(self.shard_range, self.pending() if shards is None else shards))
 
     def write_shard(self, shard: int, blocks: dict[str, np.ndarray]) -> None:
         """Write one whole shard of every row array, then mark it done."""

@@ -40,6 +40,17 @@ def test_downstream_param_leaves_model_and_extract_alone(demo_repo):
         run(["dvc", "repro"], demo_repo)
 
 
+def test_extraction_under_torchrun_leaves_the_store_and_its_stage_unchanged(demo_repo):
+    """The stage's cmd stays; CLIPCACHE_TORCHRUN puts it under torchrun (2 gloo ranks), same bytes."""
+    lock = lambda: yaml.safe_load((demo_repo / "dvc.lock").read_text())["stages"]["extract@demo-shapes"]["outs"]
+    before = lock()
+    out = run(["dvc", "repro", "-f", "-s", "extract@demo-shapes"], demo_repo,
+              env={"CLIPCACHE_TORCHRUN": "--standalone --nproc_per_node 2"})
+    assert "rank 1 of 2" in out.stderr + out.stdout
+    assert lock() == before
+    assert json.loads(run(["dvc", "status", "--json"], demo_repo).stdout) == {}
+
+
 def _stale_after(repo, edit) -> set[str]:
     """The stages `dvc status` calls changed after `edit(params)`; params.yaml is restored afterwards."""
     params_file = repo / "params.yaml"
