@@ -111,7 +111,8 @@ def finetune(cfg: Entry, pixels: torch.Tensor, scenes: list[mw.MultiScene], init
     with torch.no_grad():
         model.logit_scale.fill_(float(np.log(r.logit_scale)))
     model.logit_scale.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=r.lr, weight_decay=r.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=r.lr, weight_decay=r.weight_decay,
+                            fused=True)   # as pipeline/demo.py: the embedding's update in one kernel
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / max(r.warmup, 1))
                                               * 0.5 * (1 + np.cos(np.pi * t / r.steps)))
     gen, rng = torch.Generator().manual_seed(r.seed), np.random.default_rng(r.seed)
