@@ -60,6 +60,8 @@ def process_group(world: World, device: str):
         return
     if device == "cuda":
         torch.cuda.set_device(world.local_rank)
+    else:   # each of this machine's ranks takes its share of the cores (an inherited OMP_NUM_THREADS would not)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // _env_int("LOCAL_WORLD_SIZE", world.size)))
     dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
     try:
         yield
